@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# A private, throwaway RabbitMQ node from the Debian/Ubuntu `rabbitmq-server` package.
+#
+#   scripts/broker.sh install          install the package when missing (needs root)
+#   scripts/broker.sh start DIR [PORT] start a node whose state lives in DIR; prints its AMQP URL
+#   scripts/broker.sh stop DIR         stop that node (its data stays in DIR)
+#   scripts/broker.sh kill DIR         SIGKILL the node's VM, as a crash would
+#
+# A node started again on the same DIR keeps its name, port, durable queues and persistent
+# messages. Nothing here touches the machine's default node.
+set -euo pipefail
+
+die() { echo "broker.sh: $*" >&2; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+install() {
+  command -v rabbitmq-server >/dev/null 2>&1 && return 0
+  [ "$(id -u)" = 0 ] || die "rabbitmq-server is not installed; run as root or install it (apt-get install rabbitmq-server)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y --no-install-recommends rabbitmq-server >/dev/null 2>&1 ||
+    { apt-get update >/dev/null && apt-get install -y --no-install-recommends rabbitmq-server >/dev/null; }
+  # The package may start the machine's default node; it is not ours to keep running.
+  if command -v service >/dev/null 2>&1; then service rabbitmq-server stop >/dev/null 2>&1 || true; fi
+}
+
+node_env() {
+  local dir=$1
+  # shellcheck disable=SC1091
+  . "$dir/node.env"
+  export RABBITMQ_NODENAME RABBITMQ_NODE_PORT RABBITMQ_DIST_PORT
+  export RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log"
+  export RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
+  export RABBITMQ_PID_FILE="$dir/rabbit.pid"
+}
+
+start() {
+  local dir=${1:?usage: start DIR [PORT]} port=${2:-}
+  install
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  if [ ! -f "$dir/node.env" ]; then
+    [ -n "$port" ] || port=$(free_port)
+    local name="rmq-$(basename "$dir" | tr -c 'a-zA-Z0-9\n' '-')-$$"
+    cat >"$dir/node.env" <<ENV
+RABBITMQ_NODENAME=$name@localhost
+RABBITMQ_NODE_PORT=$port
+RABBITMQ_DIST_PORT=$(free_port)
+ENV
+    mkdir -p "$dir/mnesia" "$dir/log"
+    printf 'listeners.tcp.default = %s\ndisk_free_limit.absolute = 50MB\nlog.console = false\n' "$port" >"$dir/rabbitmq.conf"
+    echo '[].' >"$dir/enabled_plugins"
+  fi
+  node_env "$dir"
+  if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then
+    # The package's script drops to the rabbitmq user: the node's files must be its own.
+    chown -R rabbitmq:rabbitmq "$dir"
+    chmod 755 "$dir"
+  fi
+  rm -f "$RABBITMQ_PID_FILE"
+  nohup rabbitmq-server >"$dir/log/stdout.log" 2>&1 &
+  if ! timeout 90 rabbitmqctl -q -n "$RABBITMQ_NODENAME" wait --timeout 90 "$RABBITMQ_PID_FILE" >/dev/null 2>&1; then
+    tail -n 30 "$dir/log/stdout.log" >&2 || true
+    die "node $RABBITMQ_NODENAME did not start (logs in $dir/log)"
+  fi
+  echo "amqp://guest:guest@127.0.0.1:$RABBITMQ_NODE_PORT/%2f"
+}
+
+stop() {
+  local dir=${1:?usage: stop DIR}
+  [ -f "$dir/node.env" ] || return 0
+  node_env "$dir"
+  rabbitmqctl -q -n "$RABBITMQ_NODENAME" stop "$RABBITMQ_PID_FILE" >/dev/null 2>&1 || kill_node "$dir"
+}
+
+kill_node() {
+  local dir=${1:?usage: kill DIR}
+  node_env "$dir"
+  [ -f "$RABBITMQ_PID_FILE" ] && kill -9 "$(cat "$RABBITMQ_PID_FILE")" 2>/dev/null || true
+  # wait until the port is free again, so a restart can bind it
+  for _ in $(seq 1 100); do
+    python3 -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1',$RABBITMQ_NODE_PORT)) else 1)" && return 0
+    sleep 0.1
+  done
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) shift; start "$@" ;;
+  stop) shift; stop "$@" ;;
+  kill) shift; kill_node "$@" ;;
+  *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR" ;;
+esac

@@ -1,0 +1,352 @@
+//! The consumer loop: one delivery at a time, applied in a store transaction together with
+//! its inbox record, acked only after that transaction committed.
+//!
+//! A failing handler is retried through the broker-held wait queues (`MQ_RETRY_DELAYS`);
+//! after the last delay, or at once when the message can never succeed, it is parked in the
+//! dead-letter queue with its reason. Retry and park publishes are confirmed before the
+//! original is acked, so nothing is dropped on the way.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::{DecodeError, Envelope, Event, EVENT_TYPES};
+use crate::messaging::publisher::{self, Published};
+use crate::messaging::{headers, inbox, topology, Broker, OutboxWaker, Session};
+
+/// Why a handler did not apply an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// May succeed later (a predecessor has not arrived, the store was busy): retry.
+    #[error("{0}")]
+    Retry(String),
+    /// Will never succeed (contradicts what this role knows): park at once.
+    #[error("{0}")]
+    Reject(String),
+}
+
+impl From<sqlx::Error> for HandleError {
+    fn from(e: sqlx::Error) -> Self {
+        HandleError::Retry(format!("store: {e}"))
+    }
+}
+
+/// A role's business logic for the events it consumes.
+///
+/// `handle` runs inside the transaction that also records the event in the inbox; it may
+/// write its own tables and enqueue outgoing events in the outbox through `tx`.
+pub trait EventHandler: Send + Sync + 'static {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut SqliteConnection,
+        envelope: &'a Envelope,
+        event: Event,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send + 'a;
+}
+
+/// Everything the consumer needs.
+pub struct Consumer<H> {
+    pub broker: Broker,
+    pub pool: SqlitePool,
+    pub handler: Arc<H>,
+    pub waker: OutboxWaker,
+}
+
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+enum Applied {
+    Applied,
+    Duplicate,
+}
+
+/// The metric label for an event type read off the wire (bounded to the catalogue).
+fn type_label(event_type: &str) -> String {
+    if EVENT_TYPES.contains(&event_type) {
+        event_type.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+impl<H: EventHandler> Consumer<H> {
+    /// Consume until `shutdown`, re-attaching after every reconnect.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut sessions = self.broker.watch();
+        while let Some(session) = self.broker.wait_session(&shutdown).await {
+            match self.consume(&session, &shutdown).await {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Lost(why)) => self.lost(&session, &why),
+                Err(e) => self.lost(&session, &e.to_string()),
+            }
+            // Wait for the supervisor to replace the session we lost.
+            let old = session.id;
+            tokio::select! {
+                _ = sessions.wait_for(|s| s.as_ref().map(|s| s.id) != Some(old)) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.broker.set_consumer_attached(false);
+    }
+
+    fn lost(&self, session: &Session, why: &str) {
+        self.broker.set_consumer_attached(false);
+        tracing::warn!(service = %self.broker.settings().service_name, reason = why, "consumer detached");
+        self.broker.report_broken(session.id);
+    }
+
+    async fn consume(
+        &self,
+        session: &Session,
+        shutdown: &CancellationToken,
+    ) -> lapin::Result<Ended> {
+        let mq = self.broker.settings();
+        let channel = session.connection.create_channel().await?;
+        channel
+            .basic_qos(mq.prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!(
+            "{}-{}",
+            mq.service_name,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut deliveries = channel
+            .basic_consume(
+                mq.queue.as_str().into(),
+                tag.as_str().into(),
+                // Manual acknowledgement: a delivery is acked only after it was handled.
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.broker.set_consumer_attached(true);
+        tracing::info!(service = %mq.service_name, queue = %mq.queue, prefetch = mq.prefetch, "consumer attached");
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    // Stop taking deliveries; what was prefetched but not handled goes back
+                    // to the queue when the channel closes.
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    let _ = channel.close(200, "shutdown".into()).await;
+                    return Ok(Ended::Shutdown);
+                }
+                next = deliveries.next() => next,
+            };
+            match next {
+                None => return Ok(Ended::Lost("the broker ended the consumer".into())),
+                Some(Err(e)) => return Ok(Ended::Lost(e.to_string())),
+                Some(Ok(delivery)) => self.process(session, delivery).await?,
+            }
+        }
+    }
+
+    /// Handle one delivery to the end: acked after commit, or retried, or parked.
+    async fn process(&self, session: &Session, delivery: Delivery) -> lapin::Result<()> {
+        let service = &self.broker.settings().service_name;
+        let envelope = match Envelope::from_bytes(&delivery.data) {
+            Ok(env) => env,
+            Err(e) => return self.park(session, &delivery, &e, "other").await,
+        };
+        let label = type_label(&envelope.event_type);
+        let span = tracing::info_span!("event", event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id());
+        let _guard = span.enter();
+        let event = match envelope.event() {
+            Ok(event) => event,
+            Err(e) => return self.park(session, &delivery, &e, &label).await,
+        };
+
+        let started = Instant::now();
+        let outcome = self.apply(&envelope, event).await;
+        metrics::histogram!("event_handler_duration_seconds", "service" => service.clone(), "event_type" => label.clone())
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(applied) => {
+                let outcome = match applied {
+                    Applied::Applied => {
+                        self.waker.wake();
+                        tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), producer = %envelope.producer, "event applied");
+                        "applied"
+                    }
+                    Applied::Duplicate => {
+                        tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event already applied; duplicate acked");
+                        "duplicate"
+                    }
+                };
+                metrics::counter!("events_consumed_total", "service" => service.clone(), "event_type" => label, "outcome" => outcome).increment(1);
+                delivery.ack(BasicAckOptions::default()).await.map(|_| ())
+            }
+            Err(HandleError::Reject(reason)) => {
+                metrics::counter!("events_failed_total", "service" => service.clone(), "event_type" => label.clone()).increment(1);
+                let e = DecodeError::BadData {
+                    event_type: envelope.event_type.clone(),
+                    reason,
+                };
+                self.park(session, &delivery, &e, &label).await
+            }
+            Err(HandleError::Retry(reason)) => {
+                metrics::counter!("events_failed_total", "service" => service.clone(), "event_type" => label.clone()).increment(1);
+                self.retry_or_park(session, &delivery, &envelope, &label, &reason)
+                    .await
+            }
+        }
+    }
+
+    async fn apply(&self, envelope: &Envelope, event: Event) -> Result<Applied, HandleError> {
+        let mut tx = crate::store::begin(&self.pool).await?;
+        if !inbox::record(&mut tx, envelope).await? {
+            return Ok(Applied::Duplicate);
+        }
+        let handled = AssertUnwindSafe(self.handler.handle(&mut tx, envelope, event))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(HandleError::Retry("handler panicked".into())));
+        handled?;
+        tx.commit().await?;
+        Ok(Applied::Applied)
+    }
+
+    async fn retry_or_park(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        label: &str,
+        reason: &str,
+    ) -> lapin::Result<()> {
+        let mq = self.broker.settings();
+        let attempt = headers::count(&delivery.properties, headers::ATTEMPTS).unwrap_or(0) + 1;
+        let Some(delay) = mq.retry_delays.get(attempt as usize - 1).copied() else {
+            let e = DecodeError::BadData {
+                event_type: envelope.event_type.clone(),
+                reason: format!("gave up after {attempt} attempts: {reason}"),
+            };
+            return self
+                .park_with(
+                    session,
+                    delivery,
+                    &e.to_string(),
+                    "retries_exhausted",
+                    attempt,
+                    label,
+                )
+                .await;
+        };
+        tracing::warn!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), attempt, retry_in = ?delay, reason, "handler failed; retrying later");
+        let props = headers::with_headers(
+            &delivery.properties,
+            &[
+                (headers::ATTEMPTS, AMQPValue::LongLongInt(attempt as i64)),
+                (headers::REASON, headers::text_value(reason)),
+                (
+                    headers::ORIGINAL_ROUTING_KEY,
+                    headers::text_value(&original_routing_key(delivery)),
+                ),
+            ],
+        );
+        let wait_queue = topology::retry_queue(&mq.queue, delay);
+        self.forward(session, delivery, &wait_queue, props).await?;
+        metrics::counter!("events_retried_total", "service" => mq.service_name.clone(), "event_type" => label.to_string()).increment(1);
+        Ok(())
+    }
+
+    async fn park(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        why: &DecodeError,
+        label: &str,
+    ) -> lapin::Result<()> {
+        let attempt = headers::count(&delivery.properties, headers::ATTEMPTS).unwrap_or(0) + 1;
+        self.park_with(
+            session,
+            delivery,
+            &why.to_string(),
+            why.kind(),
+            attempt,
+            label,
+        )
+        .await
+    }
+
+    async fn park_with(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        reason: &str,
+        kind: &str,
+        attempts: u64,
+        label: &str,
+    ) -> lapin::Result<()> {
+        let mq = self.broker.settings();
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        tracing::error!(service = %mq.service_name, event_id = %message_id, event_type = label, correlation_id = delivery.properties.correlation_id().as_ref().map(|s| s.as_str()).unwrap_or(""), reason, attempts, "message parked in the dead-letter queue");
+        let props = headers::with_headers(
+            &delivery.properties,
+            &[
+                (headers::ATTEMPTS, AMQPValue::LongLongInt(attempts as i64)),
+                (headers::REASON, headers::text_value(reason)),
+                (
+                    headers::ORIGINAL_ROUTING_KEY,
+                    headers::text_value(&original_routing_key(delivery)),
+                ),
+                (
+                    headers::PARKED_AT,
+                    headers::text_value(&crate::envelope::now_rfc3339()),
+                ),
+                (headers::PARKED_BY, headers::text_value(&mq.service_name)),
+            ],
+        );
+        let dlq = topology::dead_letter_queue(&mq.queue);
+        self.forward(session, delivery, &dlq, props).await?;
+        metrics::counter!("events_parked_total", "service" => mq.service_name.clone(), "event_type" => label.to_string(), "reason" => kind.to_string()).increment(1);
+        Ok(())
+    }
+
+    /// Move a delivery to one of our own queues: confirmed publish first, then ack.
+    async fn forward(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        queue: &str,
+        props: lapin::BasicProperties,
+    ) -> lapin::Result<()> {
+        let confirm = publisher::send(session, "", queue, &delivery.data, props).await?;
+        match publisher::confirmed(confirm).await? {
+            Published::Routed => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            other => {
+                tracing::error!(queue, outcome = ?other, "could not move the message; it goes back to the queue");
+                delivery
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+}
+
+/// The routing key the message was first published with.
+fn original_routing_key(delivery: &Delivery) -> String {
+    headers::text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
+        .unwrap_or_else(|| delivery.routing_key.to_string())
+}

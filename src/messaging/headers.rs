@@ -1,0 +1,92 @@
+//! The AMQP properties of our messages: the envelope mirrored into standard properties, and
+//! the `x-…` headers that carry retry and parking history.
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+
+/// Attempts made so far (1 after the first failure).
+pub const ATTEMPTS: &str = "x-attempts";
+/// Why the last attempt failed, or why the message was parked.
+pub const REASON: &str = "x-reason";
+/// The routing key the message was first published with.
+pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// When the message was parked (RFC 3339).
+pub const PARKED_AT: &str = "x-parked-at";
+/// The service that parked it.
+pub const PARKED_BY: &str = "x-parked-by";
+
+/// Properties mirroring an envelope (design §3): JSON, persistent, ids and type.
+pub fn for_event(
+    event_id: &str,
+    event_type: &str,
+    producer: &str,
+    correlation_id: Option<&str>,
+    unix_seconds: u64,
+) -> BasicProperties {
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(event_id.into())
+        .with_type(event_type.into())
+        .with_app_id(producer.into())
+        .with_timestamp(unix_seconds);
+    match correlation_id {
+        Some(id) => props.with_correlation_id(id.into()),
+        None => props,
+    }
+}
+
+/// A header as text, whatever string type the sender used.
+pub fn text(props: &BasicProperties, key: &str) -> Option<String> {
+    match props.headers().as_ref()?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// A header as a count, whatever integer type the sender used.
+pub fn count(props: &BasicProperties, key: &str) -> Option<u64> {
+    let v = props.headers().as_ref()?.inner().get(key)?;
+    let n: i128 = match v {
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => (*n).into(),
+        AMQPValue::Timestamp(n) => (*n).into(),
+        _ => return None,
+    };
+    u64::try_from(n).ok()
+}
+
+/// The properties with some headers set (others kept).
+pub fn with_headers(props: &BasicProperties, set: &[(&str, AMQPValue)]) -> BasicProperties {
+    let mut table = props.headers().clone().unwrap_or_default();
+    for (key, value) in set {
+        table.insert(ShortString::from(*key), value.clone());
+    }
+    props.clone().with_headers(table)
+}
+
+/// The properties without the given headers.
+pub fn without_headers(props: &BasicProperties, keys: &[&str]) -> BasicProperties {
+    let table: FieldTable = props
+        .headers()
+        .clone()
+        .unwrap_or_default()
+        .inner()
+        .iter()
+        .filter(|(k, _)| !keys.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    props.clone().with_headers(table)
+}
+
+/// A text header value.
+pub fn text_value(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}

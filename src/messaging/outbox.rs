@@ -1,0 +1,239 @@
+//! The outbox: events are written in the transaction of the state change that causes them
+//! ([`enqueue`]), and a relay publishes them with confirms and deletes each one only once
+//! the broker has confirmed it. While the broker is away the rows wait; nothing is lost.
+//!
+//! Rows are published in `seq` order; a batch's frames go out back to back and its confirms
+//! are awaited together. A row the broker could not route (no queue bound yet) stays and is
+//! tried again after [`UNROUTABLE_RETRY`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::Envelope;
+use crate::messaging::publisher::{self, Published};
+use crate::messaging::{headers, Broker};
+use crate::store::now_ms;
+
+/// Rows published per batch.
+const BATCH: i64 = 256;
+/// How long an unroutable event waits before it is tried again.
+pub const UNROUTABLE_RETRY: Duration = Duration::from_secs(2);
+/// The relay looks at the table at least this often, even without a wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Wakes the relay after a commit that added rows.
+#[derive(Clone, Default)]
+pub struct OutboxWaker(Arc<Notify>);
+
+impl OutboxWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+    async fn woken(&self) {
+        self.0.notified().await
+    }
+}
+
+/// Add an event to the outbox, inside the caller's transaction.
+pub async fn enqueue(tx: &mut SqliteConnection, envelope: &Envelope) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, producer, correlation_id, body, created_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&envelope.event_id)
+    .bind(&envelope.event_type)
+    .bind(&envelope.producer)
+    .bind(&envelope.correlation_id)
+    .bind(envelope.to_bytes())
+    .bind(now_ms())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+struct Row_ {
+    seq: i64,
+    event_id: String,
+    event_type: String,
+    producer: String,
+    correlation_id: Option<String>,
+    body: Vec<u8>,
+    created_at_ms: i64,
+}
+
+/// Events waiting in the outbox and the age of the oldest, in seconds.
+pub async fn backlog(pool: &SqlitePool) -> sqlx::Result<(i64, f64)> {
+    let row = sqlx::query("SELECT COUNT(*), MIN(created_at_ms) FROM outbox")
+        .fetch_one(pool)
+        .await?;
+    let count: i64 = row.try_get(0)?;
+    let oldest: Option<i64> = row.try_get(1)?;
+    let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+    Ok((count, age))
+}
+
+/// The relay task. Runs until `shutdown`; then publishes what it can within `grace`.
+pub async fn run_relay(
+    broker: Broker,
+    pool: SqlitePool,
+    waker: OutboxWaker,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let service = broker.settings().service_name.clone();
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let Some(session) = broker.wait_session(&shutdown).await else {
+            break;
+        };
+        match relay_batch(&broker, &pool, &session).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(service, error = %e, "outbox relay paused");
+            }
+        }
+        record_backlog(&pool, &service).await;
+        tokio::select! {
+            _ = waker.woken() => {}
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    // Shutdown: flush what the broker takes within the grace period.
+    let flush = async {
+        while let Some(session) = broker.current() {
+            match relay_batch(&broker, &pool, &session).await {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    };
+    if tokio::time::timeout(grace, flush).await.is_err() {
+        tracing::warn!(service, "outbox flush did not finish within the shutdown grace period; the rest is sent on next start");
+    }
+    record_backlog(&pool, &service).await;
+}
+
+async fn record_backlog(pool: &SqlitePool, service: &str) {
+    if let Ok((count, age)) = backlog(pool).await {
+        metrics::gauge!("outbox_backlog", "service" => service.to_string()).set(count as f64);
+        metrics::gauge!("outbox_oldest_age_seconds", "service" => service.to_string()).set(age);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Publish one batch of due rows; returns how many were confirmed.
+async fn relay_batch(
+    broker: &Broker,
+    pool: &SqlitePool,
+    session: &crate::messaging::Session,
+) -> Result<usize, RelayError> {
+    let rows: Vec<Row_> = sqlx::query(
+        "SELECT seq, event_id, event_type, producer, correlation_id, body, created_at_ms
+         FROM outbox WHERE next_attempt_ms <= ? ORDER BY seq LIMIT ?",
+    )
+    .bind(now_ms())
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(Row_ {
+            seq: r.try_get(0)?,
+            event_id: r.try_get(1)?,
+            event_type: r.try_get(2)?,
+            producer: r.try_get(3)?,
+            correlation_id: r.try_get(4)?,
+            body: r.try_get(5)?,
+            created_at_ms: r.try_get(6)?,
+        })
+    })
+    .collect::<sqlx::Result<_>>()?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+
+    let exchange = &broker.settings().exchange;
+    let mut pending = Vec::with_capacity(rows.len());
+    let mut send_error = None;
+    for row in &rows {
+        let props = headers::for_event(
+            &row.event_id,
+            &row.event_type,
+            &row.producer,
+            row.correlation_id.as_deref(),
+            (row.created_at_ms / 1000) as u64,
+        );
+        match publisher::send(session, exchange, &row.event_type, &row.body, props).await {
+            Ok(confirm) => pending.push((row, publisher::confirmed(confirm))),
+            Err(e) => {
+                send_error = Some(e);
+                break;
+            }
+        }
+    }
+    let (rows_sent, confirms): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+    let results = join_all(confirms).await;
+
+    let mut done = Vec::new();
+    let mut unroutable = Vec::new();
+    let mut broken = send_error.is_some();
+    for (row, result) in rows_sent.into_iter().zip(results) {
+        match result {
+            Ok(Published::Routed) => {
+                metrics::counter!("events_published_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
+                tracing::debug!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), "event published");
+                done.push(row.seq);
+            }
+            Ok(Published::Unroutable(why)) => {
+                tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), reason = %why, "no queue is bound for this event yet; it stays in the outbox");
+                metrics::counter!("events_unroutable_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
+                unroutable.push(row.seq);
+            }
+            Ok(Published::Nacked) | Err(_) => broken = true,
+        }
+    }
+
+    if !done.is_empty() || !unroutable.is_empty() {
+        let mut tx = crate::store::begin(pool).await?;
+        for seq in &done {
+            sqlx::query("DELETE FROM outbox WHERE seq = ?")
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let retry_at = now_ms() + UNROUTABLE_RETRY.as_millis() as i64;
+        for seq in &unroutable {
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = 'unroutable' WHERE seq = ?",
+            )
+            .bind(retry_at)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    }
+    if broken {
+        broker.report_broken(session.id);
+        if let Some(e) = send_error {
+            return Err(e.into());
+        }
+    }
+    Ok(done.len())
+}

@@ -1,0 +1,87 @@
+//! Publishing: persistent, `mandatory`, confirmed. Frames go out in call order and the
+//! confirms are awaited separately, so many publishes share one round trip.
+
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use lapin::{Confirmation, PublisherConfirm};
+
+use crate::envelope::Envelope;
+use crate::messaging::headers;
+use crate::messaging::Session;
+
+/// What the broker said about one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored by the broker and routed to at least one queue.
+    Routed,
+    /// Accepted, but no queue is bound for the routing key (`mandatory` returned it).
+    Unroutable(String),
+    /// The broker refused it (internal error on its side).
+    Nacked,
+}
+
+/// Send one message; the returned future resolves with the broker's confirm.
+pub async fn send(
+    session: &Session,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<PublisherConfirm> {
+    session
+        .publisher
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                // Tell us when nothing is bound, instead of silently dropping the event.
+                mandatory: true,
+                immediate: false,
+            },
+            body,
+            properties,
+        )
+        .await
+}
+
+/// Wait for a confirm and classify it.
+pub async fn confirmed(confirm: PublisherConfirm) -> lapin::Result<Published> {
+    Ok(match confirm.await? {
+        Confirmation::Ack(Some(returned)) => Published::Unroutable(returned.reply_text.to_string()),
+        Confirmation::Ack(None) => Published::Routed,
+        Confirmation::Nack(_) => Published::Nacked,
+        // The channel is always in confirm mode; a missing confirm is a broken channel.
+        Confirmation::NotRequested => Published::Nacked,
+    })
+}
+
+/// Publish an envelope to the exchange and wait for its confirm.
+pub async fn publish_envelope(
+    session: &Session,
+    exchange: &str,
+    envelope: &Envelope,
+) -> lapin::Result<Published> {
+    let props = headers::for_event(
+        &envelope.event_id,
+        &envelope.event_type,
+        &envelope.producer,
+        envelope.correlation_id.as_deref(),
+        unix_seconds(),
+    );
+    let confirm = send(
+        session,
+        exchange,
+        &envelope.event_type,
+        &envelope.to_bytes(),
+        props,
+    )
+    .await?;
+    confirmed(confirm).await
+}
+
+pub fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
