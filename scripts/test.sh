@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: runs every test against a real RabbitMQ.
+#
+# With AMQP_URL set, that broker is used. Without it, a throwaway node from the Debian/Ubuntu
+# `rabbitmq-server` package (installed when missing, as root) is started in a temporary
+# directory on free ports and stopped afterwards. Extra arguments go to the test runner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${AMQP_URL:-}" ]; then
+  broker_dir=$(mktemp -d /tmp/meeting-events-broker.XXXXXX)
+  trap 'scripts/broker.sh stop "$broker_dir"; rm -rf "$broker_dir"' EXIT
+  echo "starting a throwaway RabbitMQ node in $broker_dir" >&2
+  AMQP_URL=$(scripts/broker.sh start "$broker_dir")
+  export AMQP_URL
+fi
+
+# The wire-compatibility test runs the seed's own Python helper.
+if ! python3 -c 'import pika' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check pika==1.3.2
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi

@@ -1,0 +1,10 @@
+//! Integration tests against a real RabbitMQ (`AMQP_URL`, or the throwaway broker that
+//! `scripts/test.sh` starts). One binary; each test has its own exchange and queues.
+
+mod helpers;
+
+mod api_errors;
+mod flow;
+mod interop;
+mod messaging;
+mod process;
