@@ -62,4 +62,8 @@ pub enum Command {
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Walk one meeting through the whole chain against running services (create, open the
+    /// election item, nominate, start, three votes, close, result), printing each step and
+    /// every event seen on the bus.
+    Walk(crate::commands::walk::WalkArgs),
 }

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             Command::Permission => commands::run_role(Role::Permission).await,
             Command::All => commands::run_all().await,
             Command::Token { user, ttl } => commands::token(&user, ttl).map(|t| println!("{t}")),
+            Command::Walk(args) => commands::walk::run(args).await.map_err(Failure::from),
         }
     });
     match result {

@@ -1,5 +1,7 @@
 //! The commands of the `app` binary other than the roles themselves.
 
+pub mod walk;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

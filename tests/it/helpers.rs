@@ -26,11 +26,15 @@ pub const SECRET: &str = "integration-test-secret-0123456789";
 
 /// The broker under test.
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").expect("AMQP_URL is unset: run scripts/test.sh, which starts a throwaway broker")
+    std::env::var("AMQP_URL")
+        .expect("AMQP_URL is unset: run scripts/test.sh, which starts a throwaway broker")
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// Names and files that isolate one test.
@@ -68,7 +72,14 @@ impl Ctx {
             ("AMQP_URL", self.amqp_url.clone()),
             ("MQ_EXCHANGE", self.exchange.clone()),
             ("SERVICE_NAME", self.queue(role)),
-            ("DATABASE_URL", format!("sqlite://{}/{}.db", self.dir.path().display(), role.as_str())),
+            (
+                "DATABASE_URL",
+                format!(
+                    "sqlite://{}/{}.db",
+                    self.dir.path().display(),
+                    role.as_str()
+                ),
+            ),
             ("AUTH_JWT_SECRET", SECRET.to_string()),
             ("MQ_RETRY_DELAYS", "200ms,400ms".to_string()),
             ("HTTP_ADDR", "127.0.0.1".to_string()),
@@ -101,8 +112,17 @@ impl Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(meeting_events::roles::run(ctx.settings(role), listener, shutdown.clone()));
-        let running = Self { role, base: format!("http://{addr}"), shutdown, task };
+        let task = tokio::spawn(meeting_events::roles::run(
+            ctx.settings(role),
+            listener,
+            shutdown.clone(),
+        ));
+        let running = Self {
+            role,
+            base: format!("http://{addr}"),
+            shutdown,
+            task,
+        };
         running.wait_ready().await;
         running
     }
@@ -110,7 +130,11 @@ impl Running {
     pub async fn wait_ready(&self) {
         let url = format!("{}/ready", self.base);
         eventually(Duration::from_secs(20), || async {
-            reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ())
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
         })
         .await
         .unwrap_or_else(|| panic!("{} did not become ready", self.role));
@@ -147,7 +171,12 @@ impl Stack {
             Running::spawn(ctx, Role::Voting),
             Running::spawn(ctx, Role::Meeting),
         );
-        Self { meeting, election, voting, permission }
+        Self {
+            meeting,
+            election,
+            voting,
+            permission,
+        }
     }
 
     pub fn urls(&self) -> Urls {
@@ -174,8 +203,12 @@ pub fn quiet_logs() {
 }
 
 pub fn token(user: &str) -> String {
-    meeting_events::http::auth::issue(&meeting_events::config::Secret::new(SECRET), user, Duration::from_secs(3600))
-        .expect("token")
+    meeting_events::http::auth::issue(
+        &meeting_events::config::Secret::new(SECRET),
+        user,
+        Duration::from_secs(3600),
+    )
+    .expect("token")
 }
 
 /// A tiny JSON client acting as one user.
@@ -187,15 +220,24 @@ pub struct Client {
 
 impl Client {
     pub fn as_user(user: &str) -> Self {
-        Self { http: reqwest::Client::new(), token: Some(token(user)) }
+        Self {
+            http: reqwest::Client::new(),
+            token: Some(token(user)),
+        }
     }
 
     pub fn anonymous() -> Self {
-        Self { http: reqwest::Client::new(), token: None }
+        Self {
+            http: reqwest::Client::new(),
+            token: None,
+        }
     }
 
     pub fn with_token(token: &str) -> Self {
-        Self { http: reqwest::Client::new(), token: Some(token.to_string()) }
+        Self {
+            http: reqwest::Client::new(),
+            token: Some(token.to_string()),
+        }
     }
 
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -214,7 +256,11 @@ impl Client {
     }
 
     pub async fn post_raw(&self, url: &str, body: &'static str) -> (u16, Value) {
-        let rb = self.http.post(url).header("content-type", "application/json").body(body);
+        let rb = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
         respond(self.auth(rb).send().await).await
     }
 
@@ -227,7 +273,10 @@ async fn respond(r: reqwest::Result<reqwest::Response>) -> (u16, Value) {
     let r = r.expect("request sent");
     let status = r.status().as_u16();
     let text = r.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// Poll `f` until it yields `Some`, or give up after `timeout`.
@@ -261,19 +310,31 @@ impl Bus {
     }
 
     pub async fn connect_to(url: &str, exchange: &str) -> Self {
-        let conn = Connection::connect(url, ConnectionProperties::default()).await.expect("test connection");
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("test connection");
         let channel = conn.create_channel().await.expect("channel");
-        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
         channel
             .exchange_declare(
                 exchange.into(),
                 lapin::ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
             .expect("exchange");
-        Self { conn, channel, exchange: exchange.to_string() }
+        Self {
+            conn,
+            channel,
+            exchange: exchange.to_string(),
+        }
     }
 
     /// Publish bytes to the exchange with a routing key, confirmed.
@@ -293,30 +354,62 @@ impl Bus {
     }
 
     pub async fn publish(&self, envelope: &Envelope) {
-        self.publish_raw(&envelope.event_type, &envelope.to_bytes()).await;
+        self.publish_raw(&envelope.event_type, &envelope.to_bytes())
+            .await;
     }
 
     /// A spy queue bound to `binding`, collecting envelopes from now on.
     pub async fn spy(&self, binding: &str) -> Spy {
         let ch = self.conn.create_channel().await.expect("channel");
         let q = ch
-            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .expect("spy queue");
-        ch.queue_bind(q.name().clone(), self.exchange.as_str().into(), binding.into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .expect("bind");
+        ch.queue_bind(
+            q.name().clone(),
+            self.exchange.as_str().into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
         let consumer = ch
-            .basic_consume(q.name().clone(), "".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                q.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .expect("consume");
-        Spy { _channel: ch, consumer, seen: Vec::new() }
+        Spy {
+            _channel: ch,
+            consumer,
+            seen: Vec::new(),
+        }
     }
 
     /// Messages in a queue right now, taken off it (acked).
     pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
         let mut out = Vec::new();
-        while let Some(m) = self.channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get") {
+        while let Some(m) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
             out.push(m);
         }
         out
@@ -325,7 +418,14 @@ impl Bus {
     pub async fn queue_len(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.expect("channel");
         let q = ch
-            .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .expect("queue exists");
         q.message_count()
@@ -361,7 +461,10 @@ impl Spy {
     }
 
     pub fn of_type(&self, event_type: &str) -> Vec<&Envelope> {
-        self.seen.iter().filter(|e| e.event_type == event_type).collect()
+        self.seen
+            .iter()
+            .filter(|e| e.event_type == event_type)
+            .collect()
     }
 }
 
@@ -378,7 +481,10 @@ pub fn spawn_process(ctx: &Ctx, role: Role, port: u16) -> Child {
         .arg(role.as_str())
         .env_clear()
         .envs(env)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("CONFIG_DIR", "/nonexistent")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -387,18 +493,32 @@ pub fn spawn_process(ctx: &Ctx, role: Role, port: u16) -> Child {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub async fn wait_ready_at(base: &str, timeout: Duration) -> bool {
     let url = format!("{base}/ready");
-    eventually(timeout, || async { reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ()) })
-        .await
-        .is_some()
+    eventually(timeout, || async {
+        reqwest::get(&url)
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
+    })
+    .await
+    .is_some()
 }
 
 pub fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().expect("kill").success();
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
     assert!(ok, "kill -{sig} failed");
 }
 
@@ -410,7 +530,10 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("rmq").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("rmq")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         let url = broker_script(&["start", &dir.path().display().to_string()]);
         Self { dir, url }
     }
@@ -429,7 +552,9 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        let _ = Command::new(script()).args(["stop", &self.dir.path().display().to_string()]).status();
+        let _ = Command::new(script())
+            .args(["stop", &self.dir.path().display().to_string()])
+            .status();
     }
 }
 
@@ -438,14 +563,23 @@ fn script() -> PathBuf {
 }
 
 fn broker_script(args: &[&str]) -> String {
-    let out = Command::new(script()).args(args).stderr(Stdio::inherit()).output().expect("broker.sh");
+    let out = Command::new(script())
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("broker.sh");
     assert!(out.status.success(), "broker.sh {args:?} failed");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Create a meeting as `user` and wait until the meeting service knows its manager.
 pub async fn meeting_with_manager(urls: &Urls, user: &Client, title: &str) -> String {
-    let (status, body) = user.post(&format!("{}/meetings", urls.meeting), serde_json::json!({"title": title})).await;
+    let (status, body) = user
+        .post(
+            &format!("{}/meetings", urls.meeting),
+            serde_json::json!({"title": title}),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let id = body["id"].as_str().expect("id").to_string();
     let url = format!("{}/meetings/{id}", urls.meeting);

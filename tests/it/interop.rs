@@ -31,23 +31,63 @@ async fn our_events_reach_a_consumer_built_on_the_seed_helper() {
     // published before it exists.
     let bus = Bus::connect(&ctx).await;
     let py_queue = format!("{}-py-permission", ctx.prefix);
-    bus.channel.queue_declare(py_queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    bus.channel.queue_bind(py_queue.as_str().into(), ctx.exchange.as_str().into(), "meeting.created".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-
-    let (s, created) = Client::as_user("alice").post(&format!("{}/meetings", meeting.base), json!({"title": "From Rust"})).await;
-    assert_eq!(s, 201);
-    let (url, exchange) = (ctx.amqp_url.clone(), ctx.exchange.clone());
-    let out = tokio::task::spawn_blocking(move || python(&url, &exchange, "py-permission", &["consume", &py_queue, "meeting.created", "1", "20"]))
+    bus.channel
+        .queue_declare(
+            py_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
-    assert!(out.status.success(), "python consumer: {}", String::from_utf8_lossy(&out.stderr));
+    bus.channel
+        .queue_bind(
+            py_queue.as_str().into(),
+            ctx.exchange.as_str().into(),
+            "meeting.created".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let (s, created) = Client::as_user("alice")
+        .post(
+            &format!("{}/meetings", meeting.base),
+            json!({"title": "From Rust"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (url, exchange) = (ctx.amqp_url.clone(), ctx.exchange.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        python(
+            &url,
+            &exchange,
+            "py-permission",
+            &["consume", &py_queue, "meeting.created", "1", "20"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python consumer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let event: Value = serde_json::from_slice(&out.stdout).expect("one JSON event");
     assert_eq!(event["event_type"], "meeting.created");
     assert_eq!(event["event_version"], 1);
     assert_eq!(event["producer"], ctx.queue(Role::Meeting));
-    assert!(event["event_id"].as_str().is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
+    assert!(event["event_id"]
+        .as_str()
+        .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
     assert!(event["timestamp"].as_str().is_some());
-    assert_eq!(event["data"], json!({"meeting_id": created["id"], "title": "From Rust", "created_by": "alice"}));
+    assert_eq!(
+        event["data"],
+        json!({"meeting_id": created["id"], "title": "From Rust", "created_by": "alice"})
+    );
     meeting.stop().await.unwrap();
 }
 
@@ -56,24 +96,47 @@ async fn the_seed_helpers_publish_event_drives_our_election_service() {
     let ctx = Ctx::new();
     let election = Running::spawn(&ctx, Role::Election).await;
     let data = json!({"meeting_id": "py-meeting", "agenda_item_id": "py-item", "title": "Chair (from Python)"}).to_string();
-    let out = python(&ctx.amqp_url, &ctx.exchange, "meeting-service", &["publish", "agenda.election.create", &data]);
-    assert!(out.status.success(), "python publisher: {}", String::from_utf8_lossy(&out.stderr));
+    let out = python(
+        &ctx.amqp_url,
+        &ctx.exchange,
+        "meeting-service",
+        &["publish", "agenda.election.create", &data],
+    );
+    assert!(
+        out.status.success(),
+        "python publisher: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let alice = Client::as_user("alice");
     let url = format!("{}/elections?meeting_id=py-meeting", election.base);
-    let e = eventually(Duration::from_secs(15), || async { alice.get(&url).await.1.as_array()?.first().cloned() })
-        .await
-        .expect("the Python event created an election");
+    let e = eventually(Duration::from_secs(15), || async {
+        alice.get(&url).await.1.as_array()?.first().cloned()
+    })
+    .await
+    .expect("the Python event created an election");
     assert_eq!(e["status"], "nominating");
     assert_eq!(e["title"], "Chair (from Python)");
     assert_eq!(e["agenda_item_id"], "py-item");
 
     // And the seed's start event moves it on (no candidates → cancelled).
     let start = json!({"meeting_id": "py-meeting", "agenda_item_id": "py-item"}).to_string();
-    assert!(python(&ctx.amqp_url, &ctx.exchange, "meeting-service", &["publish", "agenda.election.start", &start]).status.success());
+    assert!(python(
+        &ctx.amqp_url,
+        &ctx.exchange,
+        "meeting-service",
+        &["publish", "agenda.election.start", &start]
+    )
+    .status
+    .success());
     let id = e["id"].as_str().unwrap().to_string();
     eventually(Duration::from_secs(15), || async {
-        (alice.get(&format!("{}/elections/{id}", election.base)).await.1["status"] == "cancelled").then_some(())
+        (alice
+            .get(&format!("{}/elections/{id}", election.base))
+            .await
+            .1["status"]
+            == "cancelled")
+            .then_some(())
     })
     .await
     .expect("start applied");

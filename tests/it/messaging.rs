@@ -19,7 +19,11 @@ async fn the_same_event_delivered_three_times_is_applied_once() {
     let bus = Bus::connect(&ctx).await;
     let mut spy = bus.spy("permission.*").await;
     let created = Envelope::new(
-        &Event::MeetingCreated(MeetingCreated { meeting_id: "m-dup".into(), title: "Dup".into(), created_by: "alice".into() }),
+        &Event::MeetingCreated(MeetingCreated {
+            meeting_id: "m-dup".into(),
+            title: "Dup".into(),
+            created_by: "alice".into(),
+        }),
         "meeting-service",
     );
     for _ in 0..3 {
@@ -27,8 +31,15 @@ async fn the_same_event_delivered_three_times_is_applied_once() {
     }
     assert!(spy.until(WAIT, |s| !s.is_empty()).await);
     spy.collect_for(Duration::from_secs(1)).await;
-    assert_eq!(spy.seen.len(), 1, "one grant for three deliveries: {:?}", spy.seen);
-    let (s, list) = Client::as_user("alice").get(&format!("{}/meetings/m-dup/permissions", permission.base)).await;
+    assert_eq!(
+        spy.seen.len(),
+        1,
+        "one grant for three deliveries: {:?}",
+        spy.seen
+    );
+    let (s, list) = Client::as_user("alice")
+        .get(&format!("{}/meetings/m-dup/permissions", permission.base))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
     permission.stop().await.unwrap();
@@ -41,7 +52,11 @@ async fn poison_messages_are_parked_with_their_reason_while_good_traffic_flows()
     let bus = Bus::connect(&ctx).await;
     let good = |n: u32| {
         Envelope::new(
-            &Event::ElectionCreate(ElectionCreate { meeting_id: "m-poison".into(), agenda_item_id: format!("i{n}"), title: "T".into() }),
+            &Event::ElectionCreate(ElectionCreate {
+                meeting_id: "m-poison".into(),
+                agenda_item_id: format!("i{n}"),
+                title: "T".into(),
+            }),
             "meeting-service",
         )
     };
@@ -63,9 +78,11 @@ async fn poison_messages_are_parked_with_their_reason_while_good_traffic_flows()
     // The good ones all arrive.
     let url = format!("{}/elections?meeting_id=m-poison", election.base);
     let alice = Client::as_user("alice");
-    eventually(WAIT, || async { (alice.get(&url).await.1.as_array()?.len() == 4).then_some(()) })
-        .await
-        .expect("good events applied past the poison");
+    eventually(WAIT, || async {
+        (alice.get(&url).await.1.as_array()?.len() == 4).then_some(())
+    })
+    .await
+    .expect("good events applied past the poison");
 
     let dlq = dead_letter_queue(&ctx.queue(Role::Election));
     let parked = eventually(WAIT, || async {
@@ -73,17 +90,32 @@ async fn poison_messages_are_parked_with_their_reason_while_good_traffic_flows()
         (n == 4).then_some(())
     })
     .await;
-    assert!(parked.is_some(), "4 parked, saw {}", bus.queue_len(&dlq).await);
+    assert!(
+        parked.is_some(),
+        "4 parked, saw {}",
+        bus.queue_len(&dlq).await
+    );
     let parked = bus.drain(&dlq).await;
     for ((_, reason), msg) in poison.iter().zip(&parked) {
         let props = &msg.delivery.properties;
         let why = headers::text(props, headers::REASON).unwrap_or_default();
         assert!(why.contains(reason), "{why:?} should mention {reason:?}");
-        assert_eq!(headers::count(props, headers::ATTEMPTS), Some(1), "parked at once, not retried");
-        assert_eq!(headers::text(props, headers::ORIGINAL_ROUTING_KEY).as_deref(), Some("agenda.election.create"));
+        assert_eq!(
+            headers::count(props, headers::ATTEMPTS),
+            Some(1),
+            "parked at once, not retried"
+        );
+        assert_eq!(
+            headers::text(props, headers::ORIGINAL_ROUTING_KEY).as_deref(),
+            Some("agenda.election.create")
+        );
         assert!(headers::text(props, headers::PARKED_AT).is_some());
     }
-    assert_eq!(bus.queue_len(&ctx.queue(Role::Election)).await, 0, "main queue drained");
+    assert_eq!(
+        bus.queue_len(&ctx.queue(Role::Election)).await,
+        0,
+        "main queue drained"
+    );
     election.stop().await.unwrap();
 }
 
@@ -92,11 +124,21 @@ async fn a_start_that_overtakes_its_create_is_applied_once_the_create_arrives() 
     let ctx = Ctx::new();
     let election = Running::spawn(&ctx, Role::Election).await;
     let bus = Bus::connect(&ctx).await;
-    let start = Envelope::new(&Event::ElectionStart(ElectionStart { meeting_id: "m-ooo".into(), agenda_item_id: "i1".into() }), "meeting-service");
+    let start = Envelope::new(
+        &Event::ElectionStart(ElectionStart {
+            meeting_id: "m-ooo".into(),
+            agenda_item_id: "i1".into(),
+        }),
+        "meeting-service",
+    );
     bus.publish(&start).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let create = Envelope::new(
-        &Event::ElectionCreate(ElectionCreate { meeting_id: "m-ooo".into(), agenda_item_id: "i1".into(), title: "T".into() }),
+        &Event::ElectionCreate(ElectionCreate {
+            meeting_id: "m-ooo".into(),
+            agenda_item_id: "i1".into(),
+            title: "T".into(),
+        }),
         "meeting-service",
     );
     bus.publish(&create).await;
@@ -111,7 +153,12 @@ async fn a_start_that_overtakes_its_create_is_applied_once_the_create_arrives() 
     .await
     .expect("start applied after the create");
     assert_eq!(status, "cancelled");
-    assert_eq!(bus.queue_len(&dead_letter_queue(&ctx.queue(Role::Election))).await, 0, "nothing parked");
+    assert_eq!(
+        bus.queue_len(&dead_letter_queue(&ctx.queue(Role::Election)))
+            .await,
+        0,
+        "nothing parked"
+    );
     election.stop().await.unwrap();
 }
 
@@ -121,17 +168,37 @@ async fn a_failure_that_persists_is_retried_with_delays_then_parked() {
     let election = Running::spawn(&ctx, Role::Election).await;
     let bus = Bus::connect(&ctx).await;
     // A start whose create never comes: retried after 200ms and 400ms, then parked.
-    let start = Envelope::new(&Event::ElectionStart(ElectionStart { meeting_id: "m-never".into(), agenda_item_id: "i1".into() }), "meeting-service");
+    let start = Envelope::new(
+        &Event::ElectionStart(ElectionStart {
+            meeting_id: "m-never".into(),
+            agenda_item_id: "i1".into(),
+        }),
+        "meeting-service",
+    );
     let sent = std::time::Instant::now();
     bus.publish(&start).await;
     let dlq = dead_letter_queue(&ctx.queue(Role::Election));
-    eventually(WAIT, || async { (bus.queue_len(&dlq).await == 1).then_some(()) }).await.expect("parked");
-    assert!(sent.elapsed() >= Duration::from_millis(600), "the broker held it for both delays");
+    eventually(WAIT, || async {
+        (bus.queue_len(&dlq).await == 1).then_some(())
+    })
+    .await
+    .expect("parked");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(600),
+        "the broker held it for both delays"
+    );
     let parked = bus.drain(&dlq).await;
     let props = &parked[0].delivery.properties;
     assert_eq!(headers::count(props, headers::ATTEMPTS), Some(3));
     let why = headers::text(props, headers::REASON).unwrap();
-    assert!(why.contains("gave up after 3 attempts") && why.contains("agenda.election.create not seen"), "{why}");
-    assert_eq!(Envelope::from_bytes(&parked[0].delivery.data).unwrap(), start, "parked as sent");
+    assert!(
+        why.contains("gave up after 3 attempts") && why.contains("agenda.election.create not seen"),
+        "{why}"
+    );
+    assert_eq!(
+        Envelope::from_bytes(&parked[0].delivery.data).unwrap(),
+        start,
+        "parked as sent"
+    );
     election.stop().await.unwrap();
 }

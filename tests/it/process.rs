@@ -26,15 +26,28 @@ impl Drop for Procs {
 async fn four_processes_carry_a_meeting_through_grants_to_its_result() {
     let ctx = Ctx::new();
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let roles = [Role::Meeting, Role::Election, Role::Voting, Role::Permission];
+    let roles = [
+        Role::Meeting,
+        Role::Election,
+        Role::Voting,
+        Role::Permission,
+    ];
     let mut procs = Procs(Vec::new());
     for (role, port) in roles.iter().zip(&ports) {
         procs.0.push(spawn_process(&ctx, *role, *port));
     }
     let base = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
-    let urls = Urls { meeting: base(0), election: base(1), voting: base(2), permission: base(3) };
-    for i in 0..4 {
-        assert!(wait_ready_at(&base(i), Duration::from_secs(30)).await, "{} not ready", roles[i]);
+    let urls = Urls {
+        meeting: base(0),
+        election: base(1),
+        voting: base(2),
+        permission: base(3),
+    };
+    for (i, role) in roles.iter().enumerate() {
+        assert!(
+            wait_ready_at(&base(i), Duration::from_secs(30)).await,
+            "{role} not ready"
+        );
     }
     chain_with_grants(&urls, &ctx.dir.path().join("voting.db")).await;
     for child in &procs.0 {
@@ -53,7 +66,9 @@ async fn a_role_killed_and_restarted_keeps_its_state_and_sigterm_exits_zero() {
     let mut child = spawn_process(&ctx, Role::Meeting, port);
     assert!(wait_ready_at(&base, Duration::from_secs(30)).await);
     let alice = Client::as_user("alice");
-    let (s, m) = alice.post(&format!("{base}/meetings"), json!({"title": "Durable"})).await;
+    let (s, m) = alice
+        .post(&format!("{base}/meetings"), json!({"title": "Durable"}))
+        .await;
     assert_eq!(s, 201);
     let id = m["id"].as_str().unwrap().to_string();
 
@@ -66,7 +81,9 @@ async fn a_role_killed_and_restarted_keeps_its_state_and_sigterm_exits_zero() {
     assert_eq!(again["title"], "Durable");
 
     signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -83,7 +100,12 @@ fn run_app(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 #[test]
 fn a_bad_variable_is_one_line_naming_it_and_exit_status_2() {
     let secret = ("AUTH_JWT_SECRET", SECRET);
-    for (var, value) in [("HTTP_PORT", "eighty"), ("MQ_PREFETCH", "-1"), ("MQ_QUEUE_TYPE", "stream"), ("AMQP_URL", "amqp://bob:hunter2@host:port/x")] {
+    for (var, value) in [
+        ("HTTP_PORT", "eighty"),
+        ("MQ_PREFETCH", "-1"),
+        ("MQ_QUEUE_TYPE", "stream"),
+        ("AMQP_URL", "amqp://bob:hunter2@host:port/x"),
+    ] {
         let out = run_app(&["election"], &[secret, (var, value)]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");
@@ -100,13 +122,26 @@ fn a_bad_variable_is_one_line_naming_it_and_exit_status_2() {
 fn help_explains_commands_and_variables_and_token_signs_with_the_key() {
     let out = run_app(&["--help"], &[]);
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["meeting", "election", "voting", "permission", "all", "token", "AMQP_URL", "MQ_BINDINGS", "AUTH_JWT_SECRET"] {
+    for word in [
+        "meeting",
+        "election",
+        "voting",
+        "permission",
+        "all",
+        "token",
+        "AMQP_URL",
+        "MQ_BINDINGS",
+        "AUTH_JWT_SECRET",
+    ] {
         assert!(help.contains(word), "--help lacks {word}");
     }
     let out = run_app(&["election", "--help"], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("MQ_RETRY_DELAYS"));
 
-    let out = run_app(&["token", "--user", "alice"], &[("AUTH_JWT_SECRET", SECRET)]);
+    let out = run_app(
+        &["token", "--user", "alice"],
+        &[("AUTH_JWT_SECRET", SECRET)],
+    );
     assert!(out.status.success());
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let auth = meeting_events::http::Auth::new(&meeting_events::config::Secret::new(SECRET));
@@ -115,23 +150,38 @@ fn help_explains_commands_and_variables_and_token_signs_with_the_key() {
 /// A meeting through the whole chain, with a manager granted through the permission API
 /// closing the ballot and a revoked one refused.
 pub(crate) async fn chain_with_grants(urls: &Urls, voting_db: &std::path::Path) {
-    let (alice, carol, dave) = (Client::as_user("alice"), Client::as_user("carol"), Client::as_user("dave"));
+    let (alice, carol, dave) = (
+        Client::as_user("alice"),
+        Client::as_user("carol"),
+        Client::as_user("dave"),
+    );
     let meeting = meeting_with_manager(urls, &alice, "Grants").await;
     let perms = format!("{}/meetings/{meeting}/permissions", urls.permission);
 
     for user in ["carol", "dave"] {
-        let (s, b) = alice.post(&perms, json!({"user_id": user, "role": "manager"})).await;
+        let (s, b) = alice
+            .post(&perms, json!({"user_id": user, "role": "manager"}))
+            .await;
         assert_eq!(s, 201, "{b}");
     }
-    let (s, _) = alice.post(&perms, json!({"user_id": "carol", "role": "manager"})).await;
+    let (s, _) = alice
+        .post(&perms, json!({"user_id": "carol", "role": "manager"}))
+        .await;
     assert_eq!(s, 409, "granting twice is a conflict");
-    let (s, _) = carol.post(&perms, json!({"user_id": "erin", "role": "owner"})).await;
-    assert!(s == 403 || s == 422, "unknown role or not yet a manager here: {s}");
+    let (s, _) = carol
+        .post(&perms, json!({"user_id": "erin", "role": "owner"}))
+        .await;
+    assert!(
+        s == 403 || s == 422,
+        "unknown role or not yet a manager here: {s}"
+    );
 
     // The grant reaches the meeting service: carol may now add items.
     let items = format!("{}/meetings/{meeting}/agenda-items", urls.meeting);
     eventually(WAIT, || async {
-        let (s, _) = carol.post(&items, json!({"title": "Budget", "kind": "discussion"})).await;
+        let (s, _) = carol
+            .post(&items, json!({"title": "Budget", "kind": "discussion"}))
+            .await;
         (s == 201).then_some(())
     })
     .await
@@ -147,9 +197,14 @@ pub(crate) async fn chain_with_grants(urls: &Urls, voting_db: &std::path::Path) 
     // Revoke dave: once the revocation reached the voting service, he cannot close.
     let (s, _) = alice.delete(&format!("{perms}/dave/manager")).await;
     assert_eq!(s, 204);
-    eventually(WAIT, || async { (!local_managers(voting_db, &meeting).await.contains(&"dave".to_string())).then_some(()) })
-        .await
-        .expect("permission.revoked reached the voting service");
+    eventually(WAIT, || async {
+        (!local_managers(voting_db, &meeting)
+            .await
+            .contains(&"dave".to_string()))
+        .then_some(())
+    })
+    .await
+    .expect("permission.revoked reached the voting service");
     let close = format!("{}/ballots/{ballot_id}/close", urls.voting);
     let (s, body) = dave.post(&close, json!({})).await;
     assert_eq!(s, 403, "{body}");
@@ -162,20 +217,30 @@ pub(crate) async fn chain_with_grants(urls: &Urls, voting_db: &std::path::Path) 
     assert_eq!(result["winners"], json!(["ada"]));
 
     let (_, list) = alice.get(&perms).await;
-    let mut users: Vec<&str> = list.as_array().unwrap().iter().map(|p| p["user_id"].as_str().unwrap()).collect();
+    let mut users: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
     users.sort();
     assert_eq!(users, ["alice", "carol"]);
 }
 
 /// The managers of a meeting in a role's local copy of `permission.*`, read from its store.
 async fn local_managers(db: &std::path::Path, meeting: &str) -> Vec<String> {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
-    let Ok(pool) = sqlx::SqlitePool::connect_with(opts).await else { return vec![] };
-    let users = sqlx::query_scalar("SELECT user_id FROM grants WHERE meeting_id = ? AND role = 'manager'")
-        .bind(meeting)
-        .fetch_all(&pool)
-        .await
-        .unwrap_or_default();
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true);
+    let Ok(pool) = sqlx::SqlitePool::connect_with(opts).await else {
+        return vec![];
+    };
+    let users =
+        sqlx::query_scalar("SELECT user_id FROM grants WHERE meeting_id = ? AND role = 'manager'")
+            .bind(meeting)
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
     pool.close().await;
     users
 }
