@@ -5,6 +5,7 @@
 #   scripts/broker.sh start DIR [PORT] start a node whose state lives in DIR; prints its AMQP URL
 #   scripts/broker.sh stop DIR         stop that node (its data stays in DIR)
 #   scripts/broker.sh kill DIR         SIGKILL the node's VM, as a crash would
+#   scripts/broker.sh close-connections DIR   have the node close every client connection
 #
 # A node started again on the same DIR keeps its name, port, durable queues and persistent
 # messages. Nothing here touches the machine's default node.
@@ -86,10 +87,17 @@ kill_node() {
   done
 }
 
+close_connections() {
+  local dir=${1:?usage: close-connections DIR}
+  node_env "$dir"
+  rabbitmqctl -q -n "$RABBITMQ_NODENAME" close_all_connections "closed by broker.sh" >/dev/null
+}
+
 case "${1:-}" in
   install) install ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
   kill) shift; kill_node "$@" ;;
-  *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR" ;;
+  close-connections) shift; close_connections "$@" ;;
+  *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR | close-connections DIR" ;;
 esac

@@ -37,16 +37,28 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, user: &str, method: reqwest::Method, url: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    async fn call(
+        &self,
+        user: &str,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let token = crate::http::auth::issue(&self.secret, user, Duration::from_secs(3600))?;
         let mut rb = self.http.request(method, url).bearer_auth(token);
         if let Some(body) = body {
             rb = rb.json(&body);
         }
-        let r = rb.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let r = rb
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     async fn get(&self, user: &str, url: &str) -> anyhow::Result<Value> {
@@ -58,7 +70,9 @@ impl Api {
     }
 
     async fn post(&self, user: &str, url: &str, body: Value, expect: u16) -> anyhow::Result<Value> {
-        let (s, v) = self.call(user, reqwest::Method::POST, url, Some(body)).await?;
+        let (s, v) = self
+            .call(user, reqwest::Method::POST, url, Some(body))
+            .await?;
         if s != expect {
             bail!("POST {url} answered {s}, expected {expect}: {v}");
         }
@@ -96,12 +110,34 @@ async fn watch_bus(settings: &Settings, started: Instant) -> anyhow::Result<Conn
     let ch = conn.create_channel().await?;
     crate::messaging::topology::declare_exchange(&ch, &settings.mq).await?;
     let q = ch
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
-    ch.queue_bind(q.name().clone(), settings.mq.exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        settings.mq.exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     let mut consumer = ch
-        .basic_consume(q.name().clone(), "walk".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            q.name().clone(),
+            "walk".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     tokio::spawn(async move {
         let _ch = ch;
@@ -114,7 +150,10 @@ async fn watch_bus(settings: &Settings, started: Instant) -> anyhow::Result<Conn
                     e.producer,
                     e.data
                 ),
-                Err(err) => println!("[{:>6.3}s]     ⇢ unreadable message: {err}", started.elapsed().as_secs_f64()),
+                Err(err) => println!(
+                    "[{:>6.3}s]     ⇢ unreadable message: {err}",
+                    started.elapsed().as_secs_f64()
+                ),
             }
         }
     });
@@ -124,77 +163,175 @@ async fn watch_bus(settings: &Settings, started: Instant) -> anyhow::Result<Conn
 /// `app walk`
 pub async fn run(args: WalkArgs) -> anyhow::Result<()> {
     let settings = Settings::from_process_env(Role::Meeting)?;
-    let secret = settings.jwt_secret.clone().unwrap_or_else(|| Secret::new(DEV_JWT_SECRET));
-    let api = Api { http: reqwest::Client::new(), secret, timeout: args.step_timeout };
+    let secret = settings
+        .jwt_secret
+        .clone()
+        .unwrap_or_else(|| Secret::new(DEV_JWT_SECRET));
+    let api = Api {
+        http: reqwest::Client::new(),
+        secret,
+        timeout: args.step_timeout,
+    };
     let started = Instant::now();
-    let (m, e, v, p) = (&args.meeting_url, &args.election_url, &args.voting_url, &args.permission_url);
+    let (m, e, v, p) = (
+        &args.meeting_url,
+        &args.election_url,
+        &args.voting_url,
+        &args.permission_url,
+    );
 
     step(started, "waiting for the four services to be ready");
     for base in [m, e, v, p] {
         let url = format!("{base}/ready");
         api.until(&url, || async {
-            Ok(api.http.get(&url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()))
+            Ok(api
+                .http
+                .get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ()))
         })
         .await?;
     }
     let _bus = watch_bus(&settings, started).await?;
 
     step(started, "alice creates a meeting");
-    let meeting = api.post("alice", &format!("{m}/meetings"), json!({"title": "Board meeting"}), 201).await?;
-    let mid = meeting["id"].as_str().ok_or_else(|| anyhow!("no meeting id"))?.to_string();
+    let meeting = api
+        .post(
+            "alice",
+            &format!("{m}/meetings"),
+            json!({"title": "Board meeting"}),
+            201,
+        )
+        .await?;
+    let mid = meeting["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no meeting id"))?
+        .to_string();
     api.until("alice to become manager", || async {
         let m = api.get("alice", &format!("{m}/meetings/{mid}")).await?;
-        Ok(m["managers"].as_array().filter(|a| !a.is_empty()).map(|_| ()))
+        Ok(m["managers"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .map(|_| ()))
     })
     .await?;
-    step(started, &format!("permission-service made alice manager of meeting {mid}"));
+    step(
+        started,
+        &format!("permission-service made alice manager of meeting {mid}"),
+    );
 
-    step(started, "alice adds the election item \"Chair\" and opens it");
+    step(
+        started,
+        "alice adds the election item \"Chair\" and opens it",
+    );
     let item = api
-        .post("alice", &format!("{m}/meetings/{mid}/agenda-items"), json!({"title": "Chair", "kind": "election"}), 201)
+        .post(
+            "alice",
+            &format!("{m}/meetings/{mid}/agenda-items"),
+            json!({"title": "Chair", "kind": "election"}),
+            201,
+        )
         .await?;
-    let iid = item["id"].as_str().ok_or_else(|| anyhow!("no item id"))?.to_string();
-    api.post("alice", &format!("{m}/meetings/{mid}/agenda-items/{iid}/open"), json!({}), 200).await?;
+    let iid = item["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no item id"))?
+        .to_string();
+    api.post(
+        "alice",
+        &format!("{m}/meetings/{mid}/agenda-items/{iid}/open"),
+        json!({}),
+        200,
+    )
+    .await?;
     let eid = api
         .until("the election to open nominations", || async {
-            let list = api.get("alice", &format!("{e}/elections?meeting_id={mid}&agenda_item_id={iid}")).await?;
-            Ok(list.as_array().and_then(|l| l.first()).and_then(|x| x["id"].as_str()).map(String::from))
+            let list = api
+                .get(
+                    "alice",
+                    &format!("{e}/elections?meeting_id={mid}&agenda_item_id={iid}"),
+                )
+                .await?;
+            Ok(list
+                .as_array()
+                .and_then(|l| l.first())
+                .and_then(|x| x["id"].as_str())
+                .map(String::from))
         })
         .await?;
     step(started, &format!("election {eid} is nominating"));
 
     for (by, candidate) in [("bob", "Ada"), ("carol", "Grace"), ("bob", "Linus")] {
         step(started, &format!("{by} nominates {candidate}"));
-        api.post(by, &format!("{e}/elections/{eid}/nominations"), json!({"candidate": candidate}), 201).await?;
+        api.post(
+            by,
+            &format!("{e}/elections/{eid}/nominations"),
+            json!({"candidate": candidate}),
+            201,
+        )
+        .await?;
     }
 
     step(started, "alice starts the election");
-    api.post("alice", &format!("{m}/meetings/{mid}/agenda-items/{iid}/start-election"), json!({}), 200).await?;
+    api.post(
+        "alice",
+        &format!("{m}/meetings/{mid}/agenda-items/{iid}/start-election"),
+        json!({}),
+        200,
+    )
+    .await?;
     let bid = api
         .until("the ballot to open", || async {
-            let list = api.get("alice", &format!("{v}/ballots?election_id={eid}")).await?;
-            Ok(list.as_array().and_then(|l| l.first()).and_then(|x| x["id"].as_str()).map(String::from))
+            let list = api
+                .get("alice", &format!("{v}/ballots?election_id={eid}"))
+                .await?;
+            Ok(list
+                .as_array()
+                .and_then(|l| l.first())
+                .and_then(|x| x["id"].as_str())
+                .map(String::from))
         })
         .await?;
     step(started, &format!("ballot {bid} is open"));
 
     for (who, choice) in [("alice", "Ada"), ("bob", "Ada"), ("carol", "Grace")] {
         step(started, &format!("{who} votes for {choice}"));
-        api.post(who, &format!("{v}/ballots/{bid}/votes"), json!({"choice": choice}), 201).await?;
+        api.post(
+            who,
+            &format!("{v}/ballots/{bid}/votes"),
+            json!({"choice": choice}),
+            201,
+        )
+        .await?;
     }
 
     step(started, "alice closes the ballot");
-    let closed = api.post("alice", &format!("{v}/ballots/{bid}/close"), json!({}), 200).await?;
+    let closed = api
+        .post("alice", &format!("{v}/ballots/{bid}/close"), json!({}), 200)
+        .await?;
     step(started, &format!("tally {}", closed["tally"]));
 
     let result = api
         .until("the result on the agenda item", || async {
             let meeting = api.get("alice", &format!("{m}/meetings/{mid}")).await?;
-            let item = meeting["agenda"].as_array().and_then(|a| a.iter().find(|i| i["id"] == iid.as_str())).cloned();
-            Ok(item.filter(|i| i["status"] == "done").map(|i| i["result"].clone()))
+            let item = meeting["agenda"]
+                .as_array()
+                .and_then(|a| a.iter().find(|i| i["id"] == iid.as_str()))
+                .cloned();
+            Ok(item
+                .filter(|i| i["status"] == "done")
+                .map(|i| i["result"].clone()))
         })
         .await?;
-    step(started, &format!("the meeting's agenda item \"Chair\" is done: {} {}", result["outcome"], result["winners"]));
+    step(
+        started,
+        &format!(
+            "the meeting's agenda item \"Chair\" is done: {} {}",
+            result["outcome"], result["winners"]
+        ),
+    );
     // Let the last event's line print before the bus connection goes.
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!("walk complete in {:.2}s", started.elapsed().as_secs_f64());

@@ -140,6 +140,11 @@ impl Running {
         .unwrap_or_else(|| panic!("{} did not become ready", self.role));
     }
 
+    /// `/ready` answers 200 within `timeout`.
+    pub async fn wait_ready_within(&self, timeout: Duration) -> bool {
+        wait_ready_at(&self.base, timeout).await
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.task.await.expect("role task")
@@ -541,6 +546,11 @@ impl PrivateBroker {
     /// SIGKILL the node, as a crash.
     pub fn kill(&self) {
         broker_script(&["kill", &self.dir.path().display().to_string()]);
+    }
+
+    /// Have the node close every client connection (a connection reset).
+    pub fn close_connections(&self) {
+        broker_script(&["close-connections", &self.dir.path().display().to_string()]);
     }
 
     /// Start it again from its data directory (same name and port).
