@@ -66,4 +66,59 @@ pub enum Command {
     /// election item, nominate, start, three votes, close, result), printing each step and
     /// every event seen on the bus.
     Walk(crate::commands::walk::WalkArgs),
+    /// Publish or watch events on the exchange.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Inspect and replay a service's dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Check the broker's exchange and queues against what the roles declare.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Wrap DATA (a JSON object) in an envelope and publish it with ROUTING_KEY as its type.
+    Publish {
+        /// Send DATA's bytes as they are, without an envelope (to test parking).
+        #[arg(long)]
+        raw: bool,
+        routing_key: String,
+        data: String,
+    },
+    /// Print every event matching the bindings (default `#`): time, type, producer, id, data.
+    Tail { bindings: Vec<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// One line per parked message: id, type, attempts, time, reason and a body preview.
+    List {
+        /// The service's queue name (its SERVICE_NAME / MQ_QUEUE), e.g. election-service.
+        #[arg(long)]
+        service: String,
+    },
+    /// Put parked messages back on the service's queue, their retry count reset.
+    Replay {
+        #[arg(long)]
+        service: String,
+        /// The parked message's id (as `dlq list` shows it).
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<String>,
+        /// Every parked message.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Check the exchange and each role's queue, retry queues and dead-letter queue exist
+    /// with the expected arguments; exit status 1 if anything differs.
+    Verify {
+        /// Only this role (default: all four).
+        #[arg(long)]
+        role: Option<crate::role::Role>,
+    },
 }

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use meeting_events::cli::{Cli, Command};
+use meeting_events::cli::{Cli, Command, DlqCommand, EventsCommand, TopologyCommand};
+use meeting_events::commands::operator;
 use meeting_events::commands::{self, Failure};
 use meeting_events::role::Role;
 
@@ -26,6 +27,34 @@ fn main() -> ExitCode {
             Command::All => commands::run_all().await,
             Command::Token { user, ttl } => commands::token(&user, ttl).map(|t| println!("{t}")),
             Command::Walk(args) => commands::walk::run(args).await.map_err(Failure::from),
+            Command::Events(EventsCommand::Publish {
+                raw,
+                routing_key,
+                data,
+            }) => operator::publish(raw, &routing_key, &data)
+                .await
+                .map_err(Failure::from),
+            Command::Events(EventsCommand::Tail { bindings }) => {
+                operator::tail(&bindings).await.map_err(Failure::from)
+            }
+            Command::Dlq(DlqCommand::List { service }) => {
+                operator::dlq_list(&service).await.map_err(Failure::from)
+            }
+            Command::Dlq(DlqCommand::Replay { service, id, all }) => {
+                operator::dlq_replay(&service, id.as_deref(), all)
+                    .await
+                    .map_err(Failure::from)
+            }
+            Command::Topology(TopologyCommand::Verify { role }) => {
+                let targets = operator::verify_targets(role)?;
+                match operator::verify(&targets).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(Failure::Other(anyhow::anyhow!(
+                        "the topology differs from what the roles declare"
+                    ))),
+                    Err(e) => Err(e.into()),
+                }
+            }
         }
     });
     match result {

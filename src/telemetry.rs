@@ -41,6 +41,68 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Fails only if another recorder is installed; then ours just renders nothing.
         let _ = metrics::set_global_recorder(recorder);
+        describe();
         handle
     })
+}
+
+/// HELP text and units of every metric the services emit.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "events_published_total",
+        "Events published to the exchange and confirmed by the broker, by event type."
+    );
+    describe_counter!("events_unroutable_total", "Publishes the broker returned because no queue is bound for them; they stay in the outbox.");
+    describe_counter!(
+        "events_consumed_total",
+        "Events taken off the queue, by event type and outcome (applied or duplicate)."
+    );
+    describe_counter!(
+        "events_failed_total",
+        "Handler failures, by event type (each attempt counts)."
+    );
+    describe_counter!(
+        "events_retried_total",
+        "Events sent to a retry queue to be tried again after a delay."
+    );
+    describe_counter!(
+        "events_parked_total",
+        "Messages parked in the dead-letter queue, by event type and reason."
+    );
+    describe_histogram!(
+        "event_handler_duration_seconds",
+        Unit::Seconds,
+        "Time to apply one event, store transaction included."
+    );
+    describe_gauge!(
+        "outbox_backlog",
+        "Events committed but not yet confirmed by the broker."
+    );
+    describe_gauge!(
+        "outbox_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest event waiting in the outbox."
+    );
+    describe_gauge!(
+        "broker_connected",
+        "1 while the service holds a live broker connection, else 0."
+    );
+    describe_gauge!(
+        "consumer_attached",
+        "1 while the service's consumer is attached to its queue, else 0."
+    );
+    describe_gauge!(
+        "dead_letter_queue_messages",
+        "Messages waiting in the service's dead-letter queue."
+    );
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests, by method, route and status."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by method and route."
+    );
 }

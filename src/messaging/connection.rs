@@ -189,6 +189,7 @@ impl Broker {
         mut events: impl futures_util::Stream<Item = lapin::Event> + Unpin,
     ) -> String {
         let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 event = events.next() => match event {
@@ -202,6 +203,10 @@ impl Broker {
                     }
                 }
                 _ = poll.tick() => {
+                    ticks += 1;
+                    if ticks % DLQ_POLL_TICKS == 1 {
+                        self.record_dead_letters(session).await;
+                    }
                     if !session.connection.status().connected() {
                         return "connection is no longer connected".into();
                     }
@@ -210,6 +215,36 @@ impl Broker {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How often (in 1 s ticks) the dead-letter queue's depth is read for the metrics.
+const DLQ_POLL_TICKS: u64 = 15;
+
+impl Broker {
+    /// Read the dead-letter queue's depth (a passive declare) into a gauge.
+    async fn record_dead_letters(&self, session: &Session) {
+        let mq = &self.inner.mq;
+        let Ok(channel) = session.connection.create_channel().await else {
+            return;
+        };
+        let dlq = topology::dead_letter_queue(&mq.queue);
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if let Ok(q) = channel
+            .queue_declare(
+                dlq.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+        {
+            metrics::gauge!("dead_letter_queue_messages", "service" => mq.service_name.clone(), "queue" => dlq)
+                .set(q.message_count() as f64);
+            let _ = channel.close(200, "done".into()).await;
         }
     }
 }

@@ -8,4 +8,5 @@ mod faults;
 mod flow;
 mod interop;
 mod messaging;
+mod operator;
 mod process;
