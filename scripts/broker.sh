@@ -61,7 +61,8 @@ ENV
     chmod 755 "$dir"
   fi
   rm -f "$RABBITMQ_PID_FILE"
-  nohup rabbitmq-server >"$dir/log/stdout.log" 2>&1 &
+  # Its own session: signals to the caller's process group never reach the node, nor the reverse.
+  setsid nohup rabbitmq-server >"$dir/log/stdout.log" 2>&1 < /dev/null &
   if ! timeout 90 rabbitmqctl -q -n "$RABBITMQ_NODENAME" wait --timeout 90 "$RABBITMQ_PID_FILE" >/dev/null 2>&1; then
     tail -n 30 "$dir/log/stdout.log" >&2 || true
     die "node $RABBITMQ_NODENAME did not start (logs in $dir/log)"

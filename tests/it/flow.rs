@@ -186,6 +186,7 @@ async fn a_meeting_is_carried_from_creation_to_an_elected_result() {
             spy.of_type(t).len()
         );
     }
+    crate::contract::assert_conforms(&spy.seen);
     let start_ev = spy.of_type("agenda.election.start")[0];
     let create = spy.of_type("voting.create")[0];
     assert_eq!(
@@ -204,6 +205,8 @@ async fn election_with(candidates: &[&str], votes: &[(&str, &str)]) -> Value {
     let ctx = Ctx::new();
     let stack = Stack::start(&ctx).await;
     let urls = &stack.urls();
+    let bus = Bus::connect(&ctx).await;
+    let mut spy = bus.spy("#").await;
     let alice = Client::as_user("alice");
     let meeting = meeting_with_manager(urls, &alice, "Outcomes").await;
     let (item, election) = open_election(urls, &alice, &meeting).await;

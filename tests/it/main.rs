@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api_errors;
+mod contract;
 mod faults;
 mod flow;
 mod interop;

@@ -49,7 +49,12 @@ async fn four_processes_carry_a_meeting_through_grants_to_its_result() {
             "{role} not ready"
         );
     }
+    let bus = Bus::connect(&ctx).await;
+    let mut spy = bus.spy("#").await;
     chain_with_grants(&urls, &ctx.dir.path().join("voting.db")).await;
+    spy.collect_for(Duration::from_millis(300)).await;
+    assert!(!spy.of_type("permission.revoked").is_empty());
+    crate::contract::assert_conforms(&spy.seen);
     for child in &procs.0 {
         signal(child, "TERM");
     }
