@@ -103,6 +103,8 @@ impl Broker {
         self.inner
             .consumer_attached
             .store(attached, Ordering::Relaxed);
+        metrics::gauge!("consumer_attached", "service" => self.inner.mq.service_name.clone())
+            .set(if attached { 1.0 } else { 0.0 });
     }
 
     /// A user of session `id` saw it fail (a closed channel, say): replace it.

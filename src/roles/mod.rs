@@ -80,6 +80,8 @@ async fn serve<H: EventHandler>(
     handler: H,
 ) -> anyhow::Result<()> {
     let service = settings.mq.service_name.clone();
+    // Install the recorder before anything records: metrics sent earlier would be lost.
+    crate::telemetry::prometheus();
     let auth = Auth::new(settings.jwt_secret()?);
     let pool = crate::store::open(&settings.database_url, settings.role).await?;
 

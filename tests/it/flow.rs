@@ -187,6 +187,22 @@ async fn a_meeting_is_carried_from_creation_to_an_elected_result() {
         );
     }
     crate::contract::assert_conforms(&spy.seen);
+    let (_, metrics) = Client::anonymous()
+        .get(&format!("{}/metrics", urls.meeting))
+        .await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    let meeting_q = ctx.queue(meeting_events::role::Role::Meeting);
+    for needle in [
+        format!("events_published_total{{service=\"{meeting_q}\",event_type=\"meeting.created\"}}"),
+        format!("events_consumed_total{{service=\"{meeting_q}\",event_type=\"election.finalized\",outcome=\"applied\"}}"),
+        format!("broker_connected{{service=\"{meeting_q}\"}} 1"),
+        format!("consumer_attached{{service=\"{meeting_q}\"}} 1"),
+        "event_handler_duration_seconds_bucket".to_string(),
+        "http_requests_total".to_string(),
+        "outbox_backlog".to_string(),
+    ] {
+        assert!(metrics.contains(&needle), "/metrics lacks {needle}");
+    }
     let start_ev = spy.of_type("agenda.election.start")[0];
     let create = spy.of_type("voting.create")[0];
     assert_eq!(
