@@ -240,6 +240,14 @@ async fn election_with(candidates: &[&str], votes: &[(&str, &str)]) -> Value {
         assert_eq!(s, 200);
     }
     let result = item_result(urls, &alice, &meeting, &item).await;
+    // Every outcome's election.finalized matches the contract.
+    assert!(
+        spy.until(WAIT, |seen| seen
+            .iter()
+            .any(|e| e.event_type == "election.finalized"))
+            .await
+    );
+    crate::contract::assert_conforms(&spy.seen);
     let (_, e) = alice
         .get(&format!("{}/elections/{election}", urls.election))
         .await;
