@@ -66,6 +66,9 @@ pub enum Command {
     /// election item, nominate, start, three votes, close, result), printing each step and
     /// every event seen on the bus.
     Walk(crate::commands::walk::WalkArgs),
+    /// Benchmarks against the configured broker: our publisher vs raw lapin, the outbox
+    /// relay, the meeting → permission chain, the guide's fast-track pattern, and memory.
+    Bench(crate::commands::bench::BenchArgs),
     /// Publish or watch events on the exchange.
     #[command(subcommand)]
     Events(EventsCommand),

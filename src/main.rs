@@ -27,6 +27,7 @@ fn main() -> ExitCode {
             Command::All => commands::run_all().await,
             Command::Token { user, ttl } => commands::token(&user, ttl).map(|t| println!("{t}")),
             Command::Walk(args) => commands::walk::run(args).await.map_err(Failure::from),
+            Command::Bench(args) => commands::bench::run(args).await.map_err(Failure::from),
             Command::Events(EventsCommand::Publish {
                 raw,
                 routing_key,

@@ -47,8 +47,10 @@ pub async fn open(database_url: &str, role: Role) -> anyhow::Result<SqlitePool> 
             })?;
         }
     }
+    // One connection: SQLite has one writer anyway, and with a single connection writers
+    // queue on the pool (an async wait) instead of sleeping in SQLite's busy handler.
     let pool = SqlitePoolOptions::new()
-        .max_connections(4)
+        .max_connections(1)
         .connect_with(options)
         .await
         .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot open the store: {e}"))?;

@@ -1,5 +1,6 @@
 //! The commands of the `app` binary other than the roles themselves.
 
+pub mod bench;
 pub mod operator;
 pub mod walk;
 

@@ -41,13 +41,8 @@ pub async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow::Result
     let settings = shared_settings()?;
     let mq = &settings.mq;
     let conn = connect(mq).await?;
-    let session = crate::messaging::Session {
-        id: 0,
-        publisher: conn.create_channel().await?,
-        connection: std::sync::Arc::new(conn),
-    };
-    session
-        .publisher
+    let channel = conn.create_channel().await?;
+    channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let (id, outcome) = if raw {
@@ -56,7 +51,7 @@ pub async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow::Result
             .with_delivery_mode(2)
             .with_message_id(id.as_str().into());
         let confirm =
-            publisher::send(&session, &mq.exchange, routing_key, data.as_bytes(), props).await?;
+            publisher::send(&channel, &mq.exchange, routing_key, data.as_bytes(), props).await?;
         (id, publisher::confirmed(confirm).await?)
     } else {
         let data: Value = serde_json::from_str(data)
@@ -78,10 +73,10 @@ pub async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow::Result
         };
         (
             id,
-            publisher::publish_envelope(&session, &mq.exchange, &envelope).await?,
+            publisher::publish_envelope(&channel, &mq.exchange, &envelope).await?,
         )
     };
-    let _ = session.connection.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
     match outcome {
         Published::Routed => {
             println!(
@@ -267,11 +262,6 @@ pub async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> anyhow::R
     let conn = connect(&settings.mq).await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let session = crate::messaging::Session {
-        id: 0,
-        publisher: ch.clone(),
-        connection: std::sync::Arc::new(conn),
-    };
     let dlq = topology::dead_letter_queue(service);
     let messages = take_all(&ch, &dlq).await?;
     let mut replayed = 0;
@@ -292,7 +282,7 @@ pub async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> anyhow::R
             &props,
             &[("x-replayed-at", AMQPValue::LongString(now_rfc3339().into()))],
         );
-        let confirm = publisher::send(&session, "", service, &m.delivery.data, props).await?;
+        let confirm = publisher::send(&ch, "", service, &m.delivery.data, props).await?;
         match publisher::confirmed(confirm).await? {
             Published::Routed => {
                 m.delivery.ack(BasicAckOptions::default()).await?;
@@ -305,7 +295,7 @@ pub async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> anyhow::R
             ),
         }
     }
-    let _ = session.connection.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
     if replayed == 0 {
         bail!("no parked message in {dlq} matched");
     }

@@ -328,7 +328,7 @@ impl<H: EventHandler> Consumer<H> {
         queue: &str,
         props: lapin::BasicProperties,
     ) -> lapin::Result<()> {
-        let confirm = publisher::send(session, "", queue, &delivery.data, props).await?;
+        let confirm = publisher::send(&session.publisher, "", queue, &delivery.data, props).await?;
         match publisher::confirmed(confirm).await? {
             Published::Routed => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
             other => {

@@ -179,7 +179,15 @@ async fn relay_batch(
             row.correlation_id.as_deref(),
             (row.created_at_ms / 1000) as u64,
         );
-        match publisher::send(session, exchange, &row.event_type, &row.body, props).await {
+        match publisher::send(
+            &session.publisher,
+            exchange,
+            &row.event_type,
+            &row.body,
+            props,
+        )
+        .await
+        {
             Ok(confirm) => pending.push((row, publisher::confirmed(confirm))),
             Err(e) => {
                 send_error = Some(e);
@@ -211,11 +219,16 @@ async fn relay_batch(
 
     if !done.is_empty() || !unroutable.is_empty() {
         let mut tx = crate::store::begin(pool).await?;
-        for seq in &done {
-            sqlx::query("DELETE FROM outbox WHERE seq = ?")
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in done.chunks(500) {
+            let sql = format!(
+                "DELETE FROM outbox WHERE seq IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for seq in chunk {
+                q = q.bind(seq);
+            }
+            q.execute(&mut *tx).await?;
         }
         let retry_at = now_ms() + UNROUTABLE_RETRY.as_millis() as i64;
         for seq in &unroutable {
@@ -236,4 +249,9 @@ async fn relay_batch(
         }
     }
     Ok(done.len())
+}
+
+/// `?, ?, …` for an `IN (…)` list of `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }

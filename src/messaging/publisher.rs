@@ -2,12 +2,11 @@
 //! confirms are awaited separately, so many publishes share one round trip.
 
 use lapin::options::BasicPublishOptions;
-use lapin::BasicProperties;
+use lapin::{BasicProperties, Channel};
 use lapin::{Confirmation, PublisherConfirm};
 
 use crate::envelope::Envelope;
 use crate::messaging::headers;
-use crate::messaging::Session;
 
 /// What the broker said about one publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,14 +21,13 @@ pub enum Published {
 
 /// Send one message; the returned future resolves with the broker's confirm.
 pub async fn send(
-    session: &Session,
+    channel: &Channel,
     exchange: &str,
     routing_key: &str,
     body: &[u8],
     properties: BasicProperties,
 ) -> lapin::Result<PublisherConfirm> {
-    session
-        .publisher
+    channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -57,7 +55,7 @@ pub async fn confirmed(confirm: PublisherConfirm) -> lapin::Result<Published> {
 
 /// Publish an envelope to the exchange and wait for its confirm.
 pub async fn publish_envelope(
-    session: &Session,
+    channel: &Channel,
     exchange: &str,
     envelope: &Envelope,
 ) -> lapin::Result<Published> {
@@ -69,7 +67,7 @@ pub async fn publish_envelope(
         unix_seconds(),
     );
     let confirm = send(
-        session,
+        channel,
         exchange,
         &envelope.event_type,
         &envelope.to_bytes(),

@@ -1,0 +1,695 @@
+//! `app bench`: numbers, not pass/fail. Measures our publisher against a raw lapin loop at
+//! the same confirm window, the outbox relay, the meeting → permission event chain (flows/s
+//! at full concurrency and latency at a paced rate), the guide's connection-per-publish
+//! pattern, and the roles' memory. Everything is measured in one run against one broker, so
+//! the ratios hold on a noisy machine even when the absolute numbers move.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::config::{MqSettings, Secret, Settings};
+use crate::envelope::{Envelope, Event, MeetingCreated};
+use crate::messaging::publisher::{self, Published};
+use crate::messaging::{headers, outbox, topology, Broker, OutboxWaker};
+use crate::role::Role;
+
+/// Which benchmarks to run, and how hard.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// publish, relay, chain, fast-track, or all.
+    #[arg(default_value = "all")]
+    pub which: String,
+    /// Messages per publish run.
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: usize,
+    /// Unconfirmed publishes in flight (the confirm window), for raw lapin and ours alike.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Flows in the full-concurrency chain run.
+    #[arg(long, default_value_t = 3_000)]
+    pub flows: usize,
+    /// Concurrent HTTP clients in the full-concurrency chain run.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Flows per second in the paced chain run.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+    /// Length of the paced chain run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub paced_for: Duration,
+    /// Publishes in the fast-track run (each opens its own connection).
+    #[arg(long, default_value_t = 300)]
+    pub fast_track_messages: usize,
+}
+
+const SECRET: &str = "benchmark-secret-not-for-production";
+
+struct Row {
+    name: String,
+    result: String,
+    ratio: Option<f64>,
+    target: String,
+}
+
+/// `app bench`
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let base = Settings::from_process_env(Role::Meeting)?;
+    let tag = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut mq = base.mq.clone();
+    mq.exchange = format!("{tag}-events");
+    mq.queue = format!("{tag}-sink");
+    let all = args.which == "all";
+    let want = |name: &str| all || args.which == name;
+    if !["all", "publish", "relay", "chain", "fast-track"].contains(&args.which.as_str()) {
+        bail!(
+            "unknown benchmark {:?}: publish, relay, chain, fast-track or all",
+            args.which
+        );
+    }
+    let body = sample_body();
+    let mut rows = Vec::new();
+    eprintln!("benchmarking against {} (exchange {})", mq.url, mq.exchange);
+
+    let conn = Connection::connect(mq.url.expose(), ConnectionProperties::default())
+        .await
+        .context("cannot reach the broker")?;
+    let admin = conn.create_channel().await?;
+    topology::declare_exchange(&admin, &mq).await?;
+    // A durable sink bound to everything, so publishes are routed and stored as in production.
+    admin
+        .queue_declare(
+            mq.queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    admin
+        .queue_bind(
+            mq.queue.as_str().into(),
+            mq.exchange.as_str().into(),
+            "meeting.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    // Raw lapin is measured before and after ours and averaged, so drift in the machine's
+    // load affects both sides alike.
+    let mut raw_rate = None;
+    if want("publish") || want("chain") || want("relay") || want("fast-track") {
+        let r1 = raw_lapin(&conn, &mq, &body, args.messages, args.window).await?;
+        let ours = if want("publish") {
+            Some(our_publisher(&conn, &mq, args.messages, args.window).await?)
+        } else {
+            None
+        };
+        let r2 = raw_lapin(&conn, &mq, &body, args.messages, args.window).await?;
+        let raw = (r1 + r2) / 2.0;
+        raw_rate = Some(raw);
+        rows.push(Row {
+            name: format!("publish: raw lapin, window {}", args.window),
+            result: format!("{raw:.0} msg/s"),
+            ratio: None,
+            target: "reference".into(),
+        });
+        if let Some(ours) = ours {
+            rows.push(Row {
+                name: format!("publish: our publisher, window {}", args.window),
+                result: format!("{ours:.0} msg/s"),
+                ratio: Some(ours / raw),
+                target: "≥ 0.90".into(),
+            });
+        }
+        purge(&admin, &mq.queue).await?;
+    }
+    let raw = raw_rate.unwrap_or(f64::NAN);
+
+    if want("relay") {
+        let rate = relay(&mq, &tag, args.messages).await?;
+        rows.push(Row {
+            name: "outbox relay: committed → confirmed → deleted".into(),
+            result: format!("{rate:.0} msg/s"),
+            ratio: Some(rate / raw),
+            target: "—".into(),
+        });
+        purge(&admin, &mq.queue).await?;
+    }
+
+    let mut memory = Vec::new();
+    if want("chain") {
+        let chain = chain(&base, &tag, &args).await?;
+        rows.push(Row {
+            name: format!(
+                "chain: POST /meetings → permission.granted, {} clients",
+                args.concurrency
+            ),
+            result: format!("{:.0} flows/s", chain.flows_per_sec),
+            ratio: Some(chain.flows_per_sec / raw),
+            target: "≥ 0.40".into(),
+        });
+        rows.push(Row {
+            name: format!("chain latency at {} flows/s: p50 / p99 / max", args.rate),
+            result: format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                chain.p50_ms, chain.p99_ms, chain.max_ms
+            ),
+            ratio: None,
+            target: "p99 ≤ 50 ms".into(),
+        });
+        memory = chain.memory;
+    }
+
+    if want("fast-track") {
+        let rate = fast_track(&mq, &body, args.fast_track_messages).await?;
+        rows.push(Row {
+            name: "fast-track: connection per publish, no confirm".into(),
+            result: format!("{rate:.0} msg/s"),
+            ratio: Some(rate / raw),
+            target: "reference".into(),
+        });
+    }
+    for (role, idle, after) in memory {
+        rows.push(Row {
+            name: format!("RSS {role}: idle / after the run"),
+            result: format!("{:.1} / {:.1} MB", idle, after),
+            ratio: None,
+            target: "≤ 20 / ≤ 64 MB".into(),
+        });
+    }
+
+    let _ = admin
+        .queue_delete(mq.queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = admin
+        .exchange_delete(
+            mq.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = conn.close(200, "bench done".into()).await;
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("\nmachine: {cores} cores; broker and services on the same machine; ratio = result / raw lapin msg/s\n");
+    let w = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(10);
+    println!(
+        "| {:w$} | {:>22} | {:>6} | {:>15} |",
+        "benchmark", "result", "ratio", "target"
+    );
+    println!(
+        "|{}|{}|{}|{}|",
+        "-".repeat(w + 2),
+        "-".repeat(24),
+        "-".repeat(8),
+        "-".repeat(17)
+    );
+    for r in rows {
+        let ratio = r.ratio.map(|x| format!("{x:.3}")).unwrap_or_default();
+        println!(
+            "| {:w$} | {:>22} | {:>6} | {:>15} |",
+            r.name, r.result, ratio, r.target
+        );
+    }
+}
+
+/// A `meeting.created` envelope as the meeting service would publish it.
+fn sample_event(i: usize) -> Event {
+    Event::MeetingCreated(MeetingCreated {
+        meeting_id: format!("bench-{i}"),
+        title: "Benchmark meeting".into(),
+        created_by: "alice".into(),
+    })
+}
+
+fn sample_body() -> Vec<u8> {
+    Envelope::new(&sample_event(0), "meeting-service").to_bytes()
+}
+
+async fn purge(ch: &Channel, queue: &str) -> anyhow::Result<()> {
+    ch.queue_purge(queue.into(), Default::default()).await?;
+    Ok(())
+}
+
+/// Raw lapin: pre-serialised body, persistent + mandatory, `window` confirms in flight.
+async fn raw_lapin(
+    conn: &Connection,
+    mq: &MqSettings,
+    body: &[u8],
+    n: usize,
+    window: usize,
+) -> anyhow::Result<f64> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let started = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..n {
+        if inflight.len() >= window {
+            inflight.next().await.context("confirm")??;
+        }
+        let confirm = ch
+            .basic_publish(
+                mq.exchange.as_str().into(),
+                "meeting.created".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                props.clone(),
+            )
+            .await?;
+        inflight.push(confirm);
+    }
+    while let Some(c) = inflight.next().await {
+        c?;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = ch.close(200, "done".into()).await;
+    Ok(rate)
+}
+
+/// Ours: a fresh envelope per message (id, timestamp, JSON), the envelope's properties, and
+/// the same publish + classified confirm the relay uses, with the same window.
+async fn our_publisher(
+    conn: &Connection,
+    mq: &MqSettings,
+    n: usize,
+    window: usize,
+) -> anyhow::Result<f64> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let event = sample_event(0);
+    let started = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..n {
+        if inflight.len() >= window {
+            check(inflight.next().await.context("confirm")??)?;
+        }
+        let env = Envelope::new(&event, &mq.service_name);
+        let props = headers::for_event(
+            &env.event_id,
+            &env.event_type,
+            &env.producer,
+            env.correlation_id.as_deref(),
+            publisher::unix_seconds(),
+        );
+        let confirm =
+            publisher::send(&ch, &mq.exchange, &env.event_type, &env.to_bytes(), props).await?;
+        inflight.push(publisher::confirmed(confirm));
+    }
+    while let Some(c) = inflight.next().await {
+        check(c?)?;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = ch.close(200, "done".into()).await;
+    Ok(rate)
+}
+
+fn check(p: Published) -> anyhow::Result<()> {
+    match p {
+        Published::Routed => Ok(()),
+        other => bail!("publish not routed: {other:?}"),
+    }
+}
+
+/// The outbox relay as it ships: `n` committed rows, drained through a live broker session.
+async fn relay(mq: &MqSettings, tag: &str, n: usize) -> anyhow::Result<f64> {
+    let dir = tempdir(tag)?;
+    let pool = crate::store::open(
+        &format!("sqlite://{}/relay.db", dir.display()),
+        Role::Meeting,
+    )
+    .await?;
+    let mut tx = crate::store::begin(&pool).await?;
+    for i in 0..n {
+        outbox::enqueue(&mut tx, &Envelope::new(&sample_event(i), "meeting-service")).await?;
+    }
+    tx.commit().await?;
+    let mut relay_mq = mq.clone();
+    relay_mq.queue = format!("{tag}-relay-own");
+    relay_mq.bindings = vec!["bench.relay.none".into()];
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let broker = Broker::start(relay_mq.clone(), shutdown.clone());
+    broker
+        .wait_session(&shutdown)
+        .await
+        .context("no broker session")?;
+    let started = Instant::now();
+    let task = tokio::spawn(outbox::run_relay(
+        broker.clone(),
+        pool.clone(),
+        OutboxWaker::default(),
+        shutdown.clone(),
+        Duration::from_secs(5),
+    ));
+    loop {
+        let (left, _) = outbox::backlog(&pool).await?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = task.await;
+    if let Some(s) = broker.current() {
+        let ch = s.connection.create_channel().await?;
+        for q in [
+            relay_mq.queue.clone(),
+            topology::dead_letter_queue(&relay_mq.queue),
+        ]
+        .into_iter()
+        .chain(
+            relay_mq
+                .retry_delays
+                .iter()
+                .map(|d| topology::retry_queue(&relay_mq.queue, *d)),
+        ) {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    broker.close().await;
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rate)
+}
+
+fn tempdir(tag: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The guide's pattern: a new connection, a declare and an unconfirmed publish per event.
+async fn fast_track(mq: &MqSettings, body: &[u8], n: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for _ in 0..n {
+        let conn = Connection::connect(mq.url.expose(), ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        topology::declare_exchange(&ch, mq).await?;
+        ch.basic_publish(
+            mq.exchange.as_str().into(),
+            "meeting.created".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?;
+        conn.close(200, "done".into()).await?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+struct ChainResult {
+    flows_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    memory: Vec<(String, f64, f64)>,
+}
+
+/// A role running as its own process for the chain benchmark.
+struct RoleProcess {
+    role: Role,
+    child: Child,
+    base: String,
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn spawn_role(
+    base: &Settings,
+    role: Role,
+    tag: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<RoleProcess> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new(std::env::current_exe()?)
+        .arg(role.as_str())
+        .env("AMQP_URL", base.mq.url.expose())
+        .env("MQ_EXCHANGE", format!("{tag}-events"))
+        .env("SERVICE_NAME", format!("{tag}-{}", role.service_name()))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/{}.db", dir.display(), role.as_str()),
+        )
+        .env("AUTH_JWT_SECRET", SECRET)
+        .env("HTTP_ADDR", "127.0.0.1")
+        .env("HTTP_PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .env("CONFIG_DIR", "/nonexistent")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let p = RoleProcess {
+        role,
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if http
+            .get(format!("{}/ready", p.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            bail!("{role} did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// POST /meetings → meeting.created → permission-service → permission.granted on the bus.
+async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<ChainResult> {
+    let dir = tempdir(tag)?;
+    let permission = spawn_role(base, Role::Permission, tag, &dir).await?;
+    let meeting = spawn_role(base, Role::Meeting, tag, &dir).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle: Vec<f64> = [&meeting, &permission]
+        .iter()
+        .map(|p| rss_mb(p.child.id()))
+        .collect();
+
+    // Watch permission.granted: meeting_id → when it was seen.
+    let conn = Connection::connect(base.mq.url.expose(), ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    ch.queue_bind(
+        q.name().clone(),
+        format!("{tag}-events").as_str().into(),
+        "permission.granted".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "bench".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let watcher = {
+        let (seen, notify) = (seen.clone(), notify.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let at = Instant::now();
+                if let Ok(env) = Envelope::from_bytes(&d.data) {
+                    if let Some(id) = env.data["meeting_id"].as_str() {
+                        seen.lock().await.insert(id.to_string(), at);
+                        notify.notify_waiters();
+                    }
+                }
+            }
+        })
+    };
+
+    let token = crate::http::auth::issue(&Secret::new(SECRET), "alice", Duration::from_secs(3600))?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let post = {
+        let (http, token, url) = (
+            http.clone(),
+            token.clone(),
+            format!("{}/meetings", meeting.base),
+        );
+        move || {
+            let (http, token, url) = (http.clone(), token.clone(), url.clone());
+            async move {
+                let started = Instant::now();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"title": "bench"}))
+                    .send()
+                    .await?;
+                if r.status() != 201 {
+                    bail!("POST /meetings answered {}", r.status());
+                }
+                let v: serde_json::Value = r.json().await?;
+                Ok::<_, anyhow::Error>((v["id"].as_str().unwrap_or_default().to_string(), started))
+            }
+        }
+    };
+    let wait_all = |ids: Vec<String>| {
+        let (seen, notify) = (seen.clone(), notify.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let notified = notify.notified();
+                if ids
+                    .iter()
+                    .all(|id| seen.try_lock().map(|s| s.contains_key(id)).unwrap_or(false))
+                {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    bail!("timed out waiting for permission.granted");
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
+            }
+        }
+    };
+
+    // Full concurrency.
+    let started = Instant::now();
+    let mut tasks = FuturesUnordered::new();
+    let mut ids = Vec::with_capacity(args.flows);
+    let mut issued = 0;
+    while issued < args.flows || !tasks.is_empty() {
+        while issued < args.flows && tasks.len() < args.concurrency {
+            tasks.push(tokio::spawn(post()));
+            issued += 1;
+        }
+        if let Some(r) = tasks.next().await {
+            ids.push(r??.0);
+        }
+    }
+    wait_all(ids.clone()).await?;
+    let last = {
+        seen.lock()
+            .await
+            .iter()
+            .filter(|(k, _)| ids.contains(k))
+            .map(|(_, t)| *t)
+            .max()
+            .unwrap_or_else(Instant::now)
+    };
+    let flows_per_sec = args.flows as f64 / (last - started).as_secs_f64();
+
+    // Paced.
+    let total = (args.rate as f64 * args.paced_for.as_secs_f64()).round() as usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut handles = Vec::with_capacity(total);
+    for _ in 0..total {
+        ticker.tick().await;
+        handles.push(tokio::spawn(post()));
+    }
+    let mut starts = Vec::with_capacity(total);
+    for h in handles {
+        starts.push(h.await??);
+    }
+    wait_all(starts.iter().map(|(id, _)| id.clone()).collect()).await?;
+    let seen_now = seen.lock().await;
+    let mut lat: Vec<f64> = starts
+        .iter()
+        .filter_map(|(id, t)| seen_now.get(id).map(|s| (*s - *t).as_secs_f64() * 1000.0))
+        .collect();
+    drop(seen_now);
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+
+    let after: Vec<f64> = [&meeting, &permission]
+        .iter()
+        .map(|p| rss_mb(p.child.id()))
+        .collect();
+    watcher.abort();
+    let _ = conn.close(200, "bench done".into()).await;
+    let memory = [&meeting, &permission]
+        .iter()
+        .zip(idle.iter().zip(after))
+        .map(|(p, (i, a))| (p.role.service_name().to_string(), *i, a))
+        .collect();
+    let result = ChainResult {
+        flows_per_sec,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: *lat.last().unwrap_or(&f64::NAN),
+        memory,
+    };
+    drop(meeting);
+    drop(permission);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result)
+}
