@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -79,7 +79,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.which
         );
     }
-    let body = sample_body();
+    let sample = Envelope::new(&sample_event(0), "meeting-service");
     let mut rows = Vec::new();
     eprintln!("benchmarking against {} (exchange {})", mq.url, mq.exchange);
 
@@ -113,13 +113,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // load affects both sides alike.
     let mut raw_rate = None;
     if want("publish") || want("chain") || want("relay") || want("fast-track") {
-        let r1 = raw_lapin(&conn, &mq, &body, args.messages, args.window).await?;
+        let r1 = raw_lapin(&conn, &mq, &sample, args.messages, args.window).await?;
         let ours = if want("publish") {
-            Some(our_publisher(&conn, &mq, args.messages, args.window).await?)
+            Some(our_publisher(&conn, &mq, &sample, args.messages, args.window).await?)
         } else {
             None
         };
-        let r2 = raw_lapin(&conn, &mq, &body, args.messages, args.window).await?;
+        let r2 = raw_lapin(&conn, &mq, &sample, args.messages, args.window).await?;
         let raw = (r1 + r2) / 2.0;
         raw_rate = Some(raw);
         rows.push(Row {
@@ -152,6 +152,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let mut memory = Vec::new();
+    let mut cpu_note = None;
     if want("chain") {
         let chain = chain(&base, &tag, &args).await?;
         rows.push(Row {
@@ -172,11 +173,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ratio: None,
             target: "p99 ≤ 50 ms".into(),
         });
+        let CpuSplit(split, wall) = &chain.cpu;
+        let used: f64 = split.iter().map(|(_, s)| s).sum();
+        let parts: Vec<String> = split
+            .iter()
+            .map(|(n, s)| format!("{n} {:.0}%", 100.0 * s / used.max(1e-9)))
+            .collect();
+        rows.push(Row {
+            name: "chain CPU split (full-concurrency run)".into(),
+            result: format!("{used:.1} CPU-s in {wall:.1} s"),
+            ratio: None,
+            target: "profile".into(),
+        });
+        cpu_note = Some(parts.join(", "));
         memory = chain.memory;
     }
 
     if want("fast-track") {
-        let rate = fast_track(&mq, &body, args.fast_track_messages).await?;
+        let rate = fast_track(&mq, &sample.to_bytes(), args.fast_track_messages).await?;
         rows.push(Row {
             name: "fast-track: connection per publish, no confirm".into(),
             result: format!("{rate:.0} msg/s"),
@@ -204,6 +218,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await;
     let _ = conn.close(200, "bench done".into()).await;
     print_table(&rows);
+    if let Some(note) = cpu_note {
+        println!("\nCPU during the full-concurrency chain run: {note}");
+    }
     Ok(())
 }
 
@@ -246,28 +263,35 @@ fn sample_event(i: usize) -> Event {
     })
 }
 
-fn sample_body() -> Vec<u8> {
-    Envelope::new(&sample_event(0), "meeting-service").to_bytes()
-}
-
 async fn purge(ch: &Channel, queue: &str) -> anyhow::Result<()> {
     ch.queue_purge(queue.into(), Default::default()).await?;
     Ok(())
 }
 
-/// Raw lapin: pre-serialised body, persistent + mandatory, `window` confirms in flight.
+/// The properties our publisher sets for the sample event (what the relay sends).
+fn sample_properties(env: &Envelope) -> BasicProperties {
+    headers::for_event(
+        &env.event_id,
+        &env.event_type,
+        &env.producer,
+        env.correlation_id.as_deref(),
+        publisher::unix_seconds(),
+    )
+}
+
+/// Raw lapin: the same body and properties, built once; persistent + mandatory, `window`
+/// confirms in flight, confirms not inspected.
 async fn raw_lapin(
     conn: &Connection,
     mq: &MqSettings,
-    body: &[u8],
+    env: &Envelope,
     n: usize,
     window: usize,
 ) -> anyhow::Result<f64> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
+    let body = env.to_bytes();
+    let props = sample_properties(env);
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
     for _ in 0..n {
@@ -282,7 +306,7 @@ async fn raw_lapin(
                     mandatory: true,
                     immediate: false,
                 },
-                body,
+                &body,
                 props.clone(),
             )
             .await?;
@@ -296,33 +320,33 @@ async fn raw_lapin(
     Ok(rate)
 }
 
-/// Ours: a fresh envelope per message (id, timestamp, JSON), the envelope's properties, and
-/// the same publish + classified confirm the relay uses, with the same window.
+/// Ours, per message as the relay does per outbox row: the envelope's AMQP properties built
+/// from its fields, `publisher::send` (persistent, mandatory) and the confirm classified as
+/// routed, unroutable or refused. Same body, same window.
 async fn our_publisher(
     conn: &Connection,
     mq: &MqSettings,
+    env: &Envelope,
     n: usize,
     window: usize,
 ) -> anyhow::Result<f64> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let event = sample_event(0);
+    let body = env.to_bytes();
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
     for _ in 0..n {
         if inflight.len() >= window {
             check(inflight.next().await.context("confirm")??)?;
         }
-        let env = Envelope::new(&event, &mq.service_name);
-        let props = headers::for_event(
-            &env.event_id,
+        let confirm = publisher::send(
+            &ch,
+            &mq.exchange,
             &env.event_type,
-            &env.producer,
-            env.correlation_id.as_deref(),
-            publisher::unix_seconds(),
-        );
-        let confirm =
-            publisher::send(&ch, &mq.exchange, &env.event_type, &env.to_bytes(), props).await?;
+            &body,
+            sample_properties(env),
+        )
+        .await?;
         inflight.push(publisher::confirmed(confirm));
     }
     while let Some(c) = inflight.next().await {
@@ -430,7 +454,46 @@ async fn fast_track(mq: &MqSettings, body: &[u8], n: usize) -> anyhow::Result<f6
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// CPU seconds (user + system) a process has used, from /proc (USER_HZ is 100 on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Every RabbitMQ VM on this machine (none when the broker is remote).
+fn broker_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "beam.smp")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where the CPU went during a run: (who, seconds).
+struct CpuSplit(Vec<(String, f64)>, f64);
+
+impl CpuSplit {
+    fn sample(pids: &[(String, Vec<u32>)]) -> Vec<f64> {
+        pids.iter()
+            .map(|(_, ps)| ps.iter().map(|p| cpu_seconds(*p)).sum())
+            .collect()
+    }
+}
+
 struct ChainResult {
+    cpu: CpuSplit,
     flows_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -526,36 +589,8 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
     // Watch permission.granted: meeting_id → when it was seen.
     let conn = Connection::connect(base.mq.url.expose(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().clone(),
-        format!("{tag}-events").as_str().into(),
-        "permission.granted".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer =
+        topology::tap(&ch, &format!("{tag}-events"), &["permission.granted"]).await?;
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let notify = Arc::new(tokio::sync::Notify::new());
     let watcher = {
@@ -622,6 +657,13 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
     };
 
     // Full concurrency.
+    let who: Vec<(String, Vec<u32>)> = vec![
+        ("broker".into(), broker_pids()),
+        ("meeting-service".into(), vec![meeting.child.id()]),
+        ("permission-service".into(), vec![permission.child.id()]),
+        ("bench client".into(), vec![std::process::id()]),
+    ];
+    let cpu_before = CpuSplit::sample(&who);
     let started = Instant::now();
     let mut tasks = FuturesUnordered::new();
     let mut ids = Vec::with_capacity(args.flows);
@@ -646,6 +688,15 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
             .unwrap_or_else(Instant::now)
     };
     let flows_per_sec = args.flows as f64 / (last - started).as_secs_f64();
+    let wall = started.elapsed().as_secs_f64();
+    let cpu_after = CpuSplit::sample(&who);
+    let cpu = CpuSplit(
+        who.iter()
+            .zip(cpu_before.iter().zip(cpu_after))
+            .map(|((n, _), (b, a))| (n.clone(), a - b))
+            .collect(),
+        wall,
+    );
 
     // Paced.
     let total = (args.rate as f64 * args.paced_for.as_secs_f64()).round() as usize;
@@ -682,6 +733,7 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
         .map(|(p, (i, a))| (p.role.service_name().to_string(), *i, a))
         .collect();
     let result = ChainResult {
+        cpu,
         flows_per_sec,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),

@@ -6,10 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use lapin::message::BasicGetMessage;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -116,43 +113,13 @@ pub async fn tail(bindings: &[String]) -> anyhow::Result<()> {
     let conn = connect(mq).await?;
     let ch = conn.create_channel().await?;
     topology::declare_exchange(&ch, mq).await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
     let bindings: Vec<String> = if bindings.is_empty() {
         vec!["#".into()]
     } else {
         bindings.to_vec()
     };
-    for b in &bindings {
-        ch.queue_bind(
-            q.name().clone(),
-            mq.exchange.as_str().into(),
-            b.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    }
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "tail".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let keys: Vec<&str> = bindings.iter().map(String::as_str).collect();
+    let mut consumer = topology::tap(&ch, &mq.exchange, &keys).await?;
     eprintln!(
         "tailing exchange {} for {} (Ctrl-C to stop)",
         mq.exchange,

@@ -5,8 +5,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
@@ -98,6 +96,11 @@ impl Api {
     }
 }
 
+/// The `id` of the first element of a JSON list, if any.
+fn first_id(list: &Value) -> Option<String> {
+    list.as_array()?.first()?["id"].as_str().map(String::from)
+}
+
 fn step(started: Instant, text: &str) {
     println!("[{:>6.3}s] ▶ {text}", started.elapsed().as_secs_f64());
 }
@@ -109,36 +112,7 @@ async fn watch_bus(settings: &Settings, started: Instant) -> anyhow::Result<Conn
         .with_context(|| format!("cannot connect to {}", settings.mq.url))?;
     let ch = conn.create_channel().await?;
     crate::messaging::topology::declare_exchange(&ch, &settings.mq).await?;
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    ch.queue_bind(
-        q.name().clone(),
-        settings.mq.exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let mut consumer = ch
-        .basic_consume(
-            q.name().clone(),
-            "walk".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = crate::messaging::topology::tap(&ch, &settings.mq.exchange, &["#"]).await?;
     tokio::spawn(async move {
         let _ch = ch;
         while let Some(Ok(d)) = consumer.next().await {
@@ -254,11 +228,7 @@ pub async fn run(args: WalkArgs) -> anyhow::Result<()> {
                     &format!("{e}/elections?meeting_id={mid}&agenda_item_id={iid}"),
                 )
                 .await?;
-            Ok(list
-                .as_array()
-                .and_then(|l| l.first())
-                .and_then(|x| x["id"].as_str())
-                .map(String::from))
+            Ok(first_id(&list))
         })
         .await?;
     step(started, &format!("election {eid} is nominating"));
@@ -287,11 +257,7 @@ pub async fn run(args: WalkArgs) -> anyhow::Result<()> {
             let list = api
                 .get("alice", &format!("{v}/ballots?election_id={eid}"))
                 .await?;
-            Ok(list
-                .as_array()
-                .and_then(|l| l.first())
-                .and_then(|x| x["id"].as_str())
-                .map(String::from))
+            Ok(first_id(&list))
         })
         .await?;
     step(started, &format!("ballot {bid} is open"));

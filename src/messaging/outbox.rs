@@ -7,7 +7,7 @@
 //! tried again after [`UNROUTABLE_RETRY`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -25,6 +25,8 @@ const BATCH: i64 = 256;
 pub const UNROUTABLE_RETRY: Duration = Duration::from_secs(2);
 /// The relay looks at the table at least this often, even without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the backlog gauges are refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
 
 /// Wakes the relay after a commit that added rows.
 #[derive(Clone, Default)]
@@ -86,6 +88,7 @@ pub async fn run_relay(
     grace: Duration,
 ) {
     let service = broker.settings().service_name.clone();
+    let mut gauges_at: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -93,14 +96,21 @@ pub async fn run_relay(
         let Some(session) = broker.wait_session(&shutdown).await else {
             break;
         };
-        match relay_batch(&broker, &pool, &session).await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
+        let full = match relay_batch(&broker, &pool, &session).await {
+            Ok(fetched) => fetched == BATCH as usize,
             Err(e) => {
                 tracing::warn!(service, error = %e, "outbox relay paused");
+                false
             }
+        };
+        if gauges_at.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
+            record_backlog(&pool, &service).await;
+            gauges_at = Some(Instant::now());
         }
-        record_backlog(&pool, &service).await;
+        if full {
+            continue; // more rows are waiting
+        }
+        // A commit since the batch was read left a wake-up permit: nothing is missed.
         tokio::select! {
             _ = waker.woken() => {}
             _ = tokio::time::sleep(IDLE_POLL) => {}
@@ -137,7 +147,7 @@ enum RelayError {
     Broker(#[from] lapin::Error),
 }
 
-/// Publish one batch of due rows; returns how many were confirmed.
+/// Publish one batch of due rows; returns how many rows it read.
 async fn relay_batch(
     broker: &Broker,
     pool: &SqlitePool,
@@ -248,7 +258,7 @@ async fn relay_batch(
             return Err(e.into());
         }
     }
-    Ok(done.len())
+    Ok(rows.len())
 }
 
 /// `?, ?, …` for an `IN (…)` list of `n` values.

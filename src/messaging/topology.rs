@@ -132,3 +132,46 @@ pub async fn declare(channel: &Channel, mq: &MqSettings) -> lapin::Result<()> {
         .await?;
     Ok(())
 }
+
+/// A temporary tap on the exchange: an exclusive, auto-deleted queue bound to `bindings`,
+/// consumed without acks. It disappears with its channel. Used by `events tail`, `walk` and
+/// `bench` to watch the bus without disturbing any service's queue.
+pub async fn tap(
+    channel: &Channel,
+    exchange: &str,
+    bindings: &[&str],
+) -> lapin::Result<lapin::Consumer> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for key in bindings {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}

@@ -366,39 +366,9 @@ impl Bus {
     /// A spy queue bound to `binding`, collecting envelopes from now on.
     pub async fn spy(&self, binding: &str) -> Spy {
         let ch = self.conn.create_channel().await.expect("channel");
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let consumer = meeting_events::messaging::topology::tap(&ch, &self.exchange, &[binding])
             .await
             .expect("spy queue");
-        ch.queue_bind(
-            q.name().clone(),
-            self.exchange.as_str().into(),
-            binding.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-        let consumer = ch
-            .basic_consume(
-                q.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
         Spy {
             _channel: ch,
             consumer,

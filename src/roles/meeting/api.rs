@@ -93,7 +93,17 @@ async fn create_meeting(
         created_by: meeting.created_by.clone(),
     });
     state.commit_with(tx, &[event]).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, meeting).await?)))
+    // New: no agenda yet, and the creator's grant is still on its way back.
+    let body = json!({
+        "id": meeting.id,
+        "title": meeting.title,
+        "created_by": meeting.created_by,
+        "created_at": meeting.created_at,
+        "current_item_id": null,
+        "managers": [],
+        "agenda": [],
+    });
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 async fn list_meetings(
