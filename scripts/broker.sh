@@ -6,6 +6,8 @@
 #   scripts/broker.sh stop DIR         stop that node (its data stays in DIR)
 #   scripts/broker.sh kill DIR         SIGKILL the node's VM, as a crash would
 #   scripts/broker.sh close-connections DIR   have the node close every client connection
+#   scripts/broker.sh run CMD [ARGS…]  run CMD with AMQP_URL set: the caller's, or a throwaway
+#                                      node's that is stopped and removed afterwards
 #
 # A node started again on the same DIR keeps its name, port, durable queues and persistent
 # messages. Nothing here touches the machine's default node.
@@ -94,11 +96,28 @@ close_connections() {
   rabbitmqctl -q -n "$RABBITMQ_NODENAME" close_all_connections "closed by broker.sh" >/dev/null
 }
 
+run_with_broker() {
+  [ $# -gt 0 ] || die "usage: run CMD [ARGS…]"
+  if [ -n "${AMQP_URL:-}" ]; then
+    "$@"
+    return
+  fi
+  local dir
+  dir=$(mktemp -d /tmp/meeting-events-broker.XXXXXX)
+  # shellcheck disable=SC2064
+  trap "stop '$dir'; rm -rf '$dir'" EXIT
+  echo "starting a throwaway RabbitMQ node in $dir" >&2
+  AMQP_URL=$(start "$dir")
+  export AMQP_URL
+  "$@"
+}
+
 case "${1:-}" in
   install) install ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
   kill) shift; kill_node "$@" ;;
   close-connections) shift; close_connections "$@" ;;
-  *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR | close-connections DIR" ;;
+  run) shift; run_with_broker "$@" ;;
+  *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR | close-connections DIR | run CMD…" ;;
 esac

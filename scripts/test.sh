@@ -7,21 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${AMQP_URL:-}" ]; then
-  broker_dir=$(mktemp -d /tmp/meeting-events-broker.XXXXXX)
-  trap 'scripts/broker.sh stop "$broker_dir"; rm -rf "$broker_dir"' EXIT
-  echo "starting a throwaway RabbitMQ node in $broker_dir" >&2
-  AMQP_URL=$(scripts/broker.sh start "$broker_dir")
-  export AMQP_URL
-fi
-
 # The wire-compatibility test runs the seed's own Python helper.
 if ! python3 -c 'import pika' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check pika==1.3.2
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast "$@"
+  exec scripts/broker.sh run cargo nextest run --no-fail-fast "$@"
 else
-  cargo test --no-fail-fast "$@"
+  exec scripts/broker.sh run cargo test --no-fail-fast "$@"
 fi

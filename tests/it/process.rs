@@ -249,3 +249,49 @@ async fn local_managers(db: &std::path::Path, meeting: &str) -> Vec<String> {
     pool.close().await;
     users
 }
+
+#[test]
+fn bench_runs_every_benchmark_and_prints_its_table() {
+    let out = Command::new(app_bin())
+        .args([
+            "bench",
+            "all",
+            "--messages",
+            "300",
+            "--flows",
+            "60",
+            "--concurrency",
+            "8",
+            "--rate",
+            "50",
+            "--paced-for",
+            "1s",
+            "--fast-track-messages",
+            "5",
+        ])
+        .env("AMQP_URL", amqp_url())
+        .env("CONFIG_DIR", "/nonexistent")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("app bench runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "cores",
+        "publish: raw lapin",
+        "publish: our publisher",
+        "outbox relay",
+        "flows/s",
+        "p50 / p99",
+        "fast-track",
+        "RSS meeting-service",
+        "RSS permission-service",
+        "CPU during",
+    ] {
+        assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
+    }
+}
