@@ -75,10 +75,13 @@ pub async fn require_user(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token>".into()))?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let token = header
         .to_str()
         .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be: Bearer <token>".into()))?;
     let user = state.auth.verify(token.trim())?;
     request.extensions_mut().insert(User(user));

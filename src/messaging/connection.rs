@@ -154,7 +154,7 @@ impl Broker {
                     let _ = session.connection.close(320, "reconnecting".into()).await;
                 }
                 Err(e) => {
-                    tracing::warn!(service = %mq.service_name, broker = %mq.url, error = %e, retry_in = ?backoff, "cannot reach the broker");
+                    tracing::warn!(service = %mq.service_name, broker = %mq.url, error = %e, retry_in = ?backoff, "cannot attach to the broker (connect, or declare the topology)");
                 }
             }
             tokio::select! {

@@ -331,3 +331,44 @@ async fn each_error_status_comes_with_a_json_reason() {
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn browsers_from_allowed_origins_get_cors_answers_and_others_do_not() {
+    let mut ctx = Ctx::new();
+    ctx.extra.insert(
+        "CORS_ALLOWED_ORIGINS".into(),
+        "http://localhost:5173".into(),
+    );
+    let meeting = Running::spawn(&ctx, meeting_events::role::Role::Meeting).await;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(
+            reqwest::Method::OPTIONS,
+            format!("{}/meetings", meeting.base),
+        )
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .send()
+    };
+    let ok = preflight("http://localhost:5173").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let other = preflight("http://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A lower-case scheme is still a bearer token.
+    let r = http
+        .get(format!("{}/meetings", meeting.base))
+        .header("Authorization", format!("bearer {}", token("alice")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    meeting.stop().await.unwrap();
+}
