@@ -62,6 +62,9 @@ pub struct Consumer<H> {
     pub waker: OutboxWaker,
 }
 
+/// Most deliveries applied in one store transaction.
+const MAX_BATCH: usize = 32;
+
 enum Ended {
     Shutdown,
     Lost(String),
@@ -145,10 +148,31 @@ impl<H: EventHandler> Consumer<H> {
                 }
                 next = deliveries.next() => next,
             };
-            match next {
+            let first = match next {
                 None => return Ok(Ended::Lost("the broker ended the consumer".into())),
                 Some(Err(e)) => return Ok(Ended::Lost(e.to_string())),
-                Some(Ok(delivery)) => self.process(session, delivery).await?,
+                Some(Ok(delivery)) => delivery,
+            };
+            // Take what the prefetch has already delivered, without waiting for more.
+            let mut batch = vec![first];
+            let mut ended = None;
+            while batch.len() < MAX_BATCH {
+                match deliveries.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(e))) => {
+                        ended = Some(Ended::Lost(e.to_string()));
+                        break;
+                    }
+                    Some(None) => {
+                        ended = Some(Ended::Lost("the broker ended the consumer".into()));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            self.process_batch(session, batch).await?;
+            if let Some(ended) = ended {
+                return Ok(ended);
             }
         }
     }
@@ -174,18 +198,7 @@ impl<H: EventHandler> Consumer<H> {
             .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(applied) => {
-                let outcome = match applied {
-                    Applied::Applied => {
-                        self.waker.wake();
-                        tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), producer = %envelope.producer, "event applied");
-                        "applied"
-                    }
-                    Applied::Duplicate => {
-                        tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event already applied; duplicate acked");
-                        "duplicate"
-                    }
-                };
-                metrics::counter!("events_consumed_total", "service" => service.clone(), "event_type" => label, "outcome" => outcome).increment(1);
+                self.record_applied(&envelope, &label, &applied);
                 delivery.ack(BasicAckOptions::default()).await.map(|_| ())
             }
             Err(HandleError::Reject(reason)) => {
@@ -204,18 +217,89 @@ impl<H: EventHandler> Consumer<H> {
         }
     }
 
-    async fn apply(&self, envelope: &Envelope, event: Event) -> Result<Applied, HandleError> {
-        let mut tx = crate::store::begin(&self.pool).await?;
-        if !inbox::record(&mut tx, envelope).await? {
-            return Ok(Applied::Duplicate);
+    /// Several deliveries at once: decoded ones applied in one transaction and acked after
+    /// its commit. If any handler fails, nothing of the batch is kept and each delivery
+    /// goes through [`Self::process`] alone, so only the failing one is retried or parked.
+    async fn process_batch(
+        &self,
+        session: &Session,
+        mut batch: Vec<Delivery>,
+    ) -> lapin::Result<()> {
+        if batch.len() == 1 {
+            return self.process(session, batch.remove(0)).await;
         }
-        let handled = AssertUnwindSafe(self.handler.handle(&mut tx, envelope, event))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Err(HandleError::Retry("handler panicked".into())));
-        handled?;
+        let mut ready = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match Envelope::from_bytes(&delivery.data).and_then(|env| Ok((env.event()?, env))) {
+                Ok((event, envelope)) => ready.push((delivery, envelope, event)),
+                // Can never succeed: parked, with its reason, by the one-at-a-time path.
+                Err(_) => self.process(session, delivery).await?,
+            }
+        }
+        let started = Instant::now();
+        let items = ready
+            .iter()
+            .map(|(_, env, event)| (env, event.clone()))
+            .collect();
+        match self.apply_all(items).await {
+            Ok(outcomes) => {
+                let service = &self.broker.settings().service_name;
+                let each = started.elapsed().as_secs_f64() / ready.len().max(1) as f64;
+                for ((delivery, envelope, _), applied) in ready.iter().zip(outcomes) {
+                    let label = type_label(&envelope.event_type);
+                    metrics::histogram!("event_handler_duration_seconds", "service" => service.clone(), "event_type" => label.clone()).record(each);
+                    self.record_applied(envelope, &label, &applied);
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
+                Ok(())
+            }
+            Err(_) => {
+                for (delivery, _, _) in ready {
+                    self.process(session, delivery).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn record_applied(&self, envelope: &Envelope, label: &str, applied: &Applied) {
+        let outcome = match applied {
+            Applied::Applied => {
+                self.waker.wake();
+                tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), producer = %envelope.producer, "event applied");
+                "applied"
+            }
+            Applied::Duplicate => {
+                tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event already applied; duplicate acked");
+                "duplicate"
+            }
+        };
+        metrics::counter!("events_consumed_total", "service" => self.broker.settings().service_name.clone(), "event_type" => label.to_string(), "outcome" => outcome).increment(1);
+    }
+
+    async fn apply(&self, envelope: &Envelope, event: Event) -> Result<Applied, HandleError> {
+        let mut outcomes = self.apply_all(vec![(envelope, event)]).await?;
+        Ok(outcomes.pop().unwrap_or(Applied::Duplicate))
+    }
+
+    /// Apply events in order in one transaction, each recorded in the inbox with its effect.
+    /// An event already in the inbox (redelivered, or twice in this batch) changes nothing.
+    async fn apply_all(&self, items: Vec<(&Envelope, Event)>) -> Result<Vec<Applied>, HandleError> {
+        let mut tx = crate::store::begin(&self.pool).await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (envelope, event) in items {
+            if !inbox::record(&mut tx, envelope).await? {
+                outcomes.push(Applied::Duplicate);
+                continue;
+            }
+            AssertUnwindSafe(self.handler.handle(&mut tx, envelope, event))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(HandleError::Retry("handler panicked".into())))?;
+            outcomes.push(Applied::Applied);
+        }
         tx.commit().await?;
-        Ok(Applied::Applied)
+        Ok(outcomes)
     }
 
     async fn retry_or_park(

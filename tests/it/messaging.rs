@@ -202,3 +202,67 @@ async fn a_failure_that_persists_is_retried_with_delays_then_parked() {
     );
     election.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failing_event_in_a_batch_costs_only_itself() {
+    let ctx = Ctx::new();
+    // Declare the queue, then let a backlog build up so the consumer takes it in batches.
+    Running::spawn(&ctx, Role::Election)
+        .await
+        .stop()
+        .await
+        .unwrap();
+    let bus = Bus::connect(&ctx).await;
+    for i in 0..40 {
+        if i == 10 {
+            bus.publish_raw("agenda.election.create", b"{broken").await;
+        }
+        if i == 20 {
+            let orphan = Envelope::new(
+                &Event::ElectionStart(ElectionStart {
+                    meeting_id: "m-batch".into(),
+                    agenda_item_id: "nowhere".into(),
+                }),
+                "meeting-service",
+            );
+            bus.publish(&orphan).await;
+        }
+        let create = Envelope::new(
+            &Event::ElectionCreate(ElectionCreate {
+                meeting_id: "m-batch".into(),
+                agenda_item_id: format!("i{i}"),
+                title: "T".into(),
+            }),
+            "meeting-service",
+        );
+        bus.publish(&create).await;
+        if i == 30 {
+            bus.publish(&create).await; // a duplicate inside the backlog
+        }
+    }
+    let election = Running::spawn(&ctx, Role::Election).await;
+    let url = format!("{}/elections?meeting_id=m-batch", election.base);
+    let alice = Client::as_user("alice");
+    eventually(WAIT, || async {
+        (alice.get(&url).await.1.as_array()?.len() == 40).then_some(())
+    })
+    .await
+    .expect("all 40 creates applied despite the failures among them");
+    let dlq = dead_letter_queue(&ctx.queue(Role::Election));
+    eventually(WAIT, || async {
+        (bus.queue_len(&dlq).await == 2).then_some(())
+    })
+    .await
+    .expect("the broken message and the orphan start parked, nothing else");
+    let parked = bus.drain(&dlq).await;
+    let attempts: Vec<Option<u64>> = parked
+        .iter()
+        .map(|m| headers::count(&m.delivery.properties, headers::ATTEMPTS))
+        .collect();
+    assert_eq!(
+        attempts,
+        [Some(1), Some(3)],
+        "the broken one at once, the orphan after its retries"
+    );
+    election.stop().await.unwrap();
+}
