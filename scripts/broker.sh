@@ -61,6 +61,8 @@ ENV
     # The package's script drops to the rabbitmq user: the node's files must be its own.
     chown -R rabbitmq:rabbitmq "$dir"
     chmod 755 "$dir"
+    su rabbitmq -s /bin/sh -c "test -w '$dir/mnesia'" ||
+      die "the rabbitmq user cannot reach $dir: every folder above it must be searchable (chmod o+x)"
   fi
   rm -f "$RABBITMQ_PID_FILE"
   # Its own session: signals to the caller's process group never reach the node, nor the reverse.

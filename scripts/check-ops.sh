@@ -11,7 +11,7 @@ broker_dir=""
 app_pid=""
 cleanup() {
   [ -n "$app_pid" ] && kill -TERM "$app_pid" 2>/dev/null && wait "$app_pid" 2>/dev/null || true
-  [ -n "$broker_dir" ] && scripts/broker.sh stop "$broker_dir"
+  [ -n "$broker_dir" ] && scripts/broker.sh stop "$broker_dir" && rm -rf "$broker_dir"
   rm -rf "$tools"
 }
 trap cleanup EXIT
@@ -55,7 +55,8 @@ node "$tools/check-asyncapi.mjs" "$repo/asyncapi.yaml"
 step "promtool check metrics on a live scrape"
 cargo build --quiet --bin app
 if [ -z "${AMQP_URL:-}" ]; then
-  broker_dir="$tools/broker"
+  # Its own folder: the node runs as the rabbitmq user, who cannot enter $tools (mode 700).
+  broker_dir=$(mktemp -d /tmp/meeting-events-ops-broker.XXXXXX)
   AMQP_URL=$(scripts/broker.sh start "$broker_dir")
 fi
 export AMQP_URL

@@ -16,14 +16,15 @@ broker_dir=""
 app_pid=""
 cleanup() {
   [ -n "$app_pid" ] && kill -TERM "$app_pid" 2>/dev/null && wait "$app_pid" 2>/dev/null || true
-  [ -n "$broker_dir" ] && scripts/broker.sh stop "$broker_dir"
+  [ -n "$broker_dir" ] && scripts/broker.sh stop "$broker_dir" && rm -rf "$broker_dir"
   true
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
 if [ -z "${AMQP_URL:-}" ]; then
-  broker_dir="$work/broker"
+  # Its own folder: the node runs as the rabbitmq user, who cannot enter $work (mode 700).
+  broker_dir=$(mktemp -d /tmp/meeting-events-demo-broker.XXXXXX)
   echo "starting a throwaway RabbitMQ node in $broker_dir…" >&2
   AMQP_URL=$(scripts/broker.sh start "$broker_dir")
 fi
