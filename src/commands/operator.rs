@@ -86,6 +86,10 @@ pub async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow::Result
             bail!("the broker returned {id}: no queue is bound for {routing_key} ({why})")
         }
         Published::Nacked => bail!("the broker refused {id}"),
+        Published::TimedOut => bail!(
+            "no confirm for {id} within {:?}",
+            publisher::CONFIRM_TIMEOUT
+        ),
     }
 }
 

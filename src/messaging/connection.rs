@@ -117,7 +117,7 @@ impl Broker {
     /// Close the connection cleanly (end of shutdown).
     pub async fn close(&self) {
         if let Some(session) = self.inner.session.send_replace(None) {
-            let _ = session.connection.close(200, "shutdown".into()).await;
+            close_quietly(&session.connection, 200, "shutdown").await;
         }
         metrics::gauge!("broker_connected", "service" => self.inner.mq.service_name.clone())
             .set(0.0);
@@ -151,7 +151,7 @@ impl Broker {
                     }
                     self.inner.session.send_replace(None);
                     connected_gauge.set(0.0);
-                    let _ = session.connection.close(320, "reconnecting".into()).await;
+                    close_quietly(&session.connection, 320, "reconnecting").await;
                 }
                 Err(e) => {
                     tracing::warn!(service = %mq.service_name, broker = %mq.url, error = %e, retry_in = ?backoff, "cannot attach to the broker (connect, or declare the topology)");
@@ -219,6 +219,16 @@ impl Broker {
             }
         }
     }
+}
+
+/// Close a connection, but never wait long: on a half-dead socket the broker's Close-Ok
+/// may never come, and a supervisor stuck here would never reconnect.
+async fn close_quietly(connection: &Connection, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(code, reason.into()),
+    )
+    .await;
 }
 
 /// How often (in 1 s ticks) the dead-letter queue's depth is read for the metrics.

@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -136,15 +136,24 @@ impl<H: EventHandler> Consumer<H> {
             .await?;
         self.broker.set_consumer_attached(true);
         tracing::info!(service = %mq.service_name, queue = %mq.queue, prefetch = mq.prefetch, "consumer attached");
+        // The supervisor replacing the session also ends this consumer, whether or not the
+        // old channel's stream ever reports its end.
+        let mut sessions = self.broker.watch();
         loop {
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     // Stop taking deliveries; what was prefetched but not handled goes back
                     // to the queue when the channel closes.
-                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                    let _ = channel.close(200, "shutdown".into()).await;
+                    let stop = async {
+                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        let _ = channel.close(200, "shutdown".into()).await;
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), stop).await;
                     return Ok(Ended::Shutdown);
+                }
+                _ = async { let _ = sessions.wait_for(|s| s.as_ref().map(|s| s.id) != Some(session.id)).await; } => {
+                    return Ok(Ended::Lost("the connection was replaced".into()));
                 }
                 next = deliveries.next() => next,
             };

@@ -223,7 +223,7 @@ async fn relay_batch(
                 metrics::counter!("events_unroutable_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
                 unroutable.push(row.seq);
             }
-            Ok(Published::Nacked) | Err(_) => broken = true,
+            Ok(Published::Nacked | Published::TimedOut) | Err(_) => broken = true,
         }
     }
 

@@ -17,6 +17,8 @@ pub enum Published {
     Unroutable(String),
     /// The broker refused it (internal error on its side).
     Nacked,
+    /// No confirm within [`CONFIRM_TIMEOUT`]: the connection is presumed dead.
+    TimedOut,
 }
 
 /// Send one message; the returned future resolves with the broker's confirm.
@@ -42,9 +44,16 @@ pub async fn send(
         .await
 }
 
+/// How long a confirm may take before the connection is presumed dead. A broker that
+/// vanishes without closing the socket would otherwise leave the publisher waiting forever.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Wait for a confirm and classify it.
 pub async fn confirmed(confirm: PublisherConfirm) -> lapin::Result<Published> {
-    Ok(match confirm.await? {
+    let Ok(confirmation) = tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await else {
+        return Ok(Published::TimedOut);
+    };
+    Ok(match confirmation? {
         Confirmation::Ack(Some(returned)) => Published::Unroutable(returned.reply_text.to_string()),
         Confirmation::Ack(None) => Published::Routed,
         Confirmation::Nack(_) => Published::Nacked,

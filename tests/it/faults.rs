@@ -146,10 +146,10 @@ async fn broker_crash(kill_after: Duration, outage: Duration, concurrency: usize
     tokio::time::sleep(outage).await;
     broker.restart();
     let back_at = Instant::now();
-    assert!(
-        meeting.wait_ready_within(Duration::from_secs(30)).await,
-        "/ready 200 within 30 s of the broker's return"
-    );
+    if !meeting.wait_ready_within(Duration::from_secs(30)).await {
+        let why = reqwest::get(&ready).await.unwrap().text().await.unwrap();
+        panic!("/ready not 200 within 30 s of the broker's return: {why}");
+    }
     let recovered = back_at.elapsed();
     assert!(permission.wait_ready_within(Duration::from_secs(30)).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
