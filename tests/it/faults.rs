@@ -5,8 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use meeting_events::envelope::{Envelope, Event, MeetingCreated};
 use meeting_events::role::Role;
 use serde_json::json;
@@ -15,32 +13,6 @@ use sqlx::SqlitePool;
 use crate::helpers::*;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A durable queue of the test's own, bound before anything is published, so it counts
-/// every copy that reached the broker, across restarts.
-async fn durable_spy(bus: &Bus, name: &str, binding: &str) {
-    bus.channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    bus.channel
-        .queue_bind(
-            name.into(),
-            bus.exchange.as_str().into(),
-            binding.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-}
 
 /// How many copies of each event id are in a queue.
 async fn copies(bus: &Bus, queue: &str) -> HashMap<String, usize> {
@@ -113,7 +85,7 @@ async fn broker_crash(kill_after: Duration, outage: Duration, concurrency: usize
     let ctx = Ctx::on(broker.url.clone());
     let bus = Bus::connect(&ctx).await;
     let spy = format!("{}-spy", ctx.prefix);
-    durable_spy(&bus, &spy, "meeting.created").await;
+    bus.durable_queue(&spy, "meeting.created").await;
     let (meeting, permission) = tokio::join!(
         Running::spawn(&ctx, Role::Meeting),
         Running::spawn(&ctx, Role::Permission)
@@ -243,7 +215,7 @@ async fn a_consumer_killed_mid_batch_applies_each_event_once_after_restart() {
     let ctx = Ctx::on(broker.url.clone());
     let bus = Bus::connect(&ctx).await;
     let spy = format!("{}-spy", ctx.prefix);
-    durable_spy(&bus, &spy, "permission.granted").await;
+    bus.durable_queue(&spy, "permission.granted").await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     // A first run declares the queue; the batch then waits in it while the service is down.

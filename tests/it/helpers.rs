@@ -363,6 +363,33 @@ impl Bus {
             .await;
     }
 
+    /// A durable queue of the test's own, bound to `binding` before anything is published,
+    /// as the seed's `mq.py` declares its queues (durable, no arguments). It keeps every copy
+    /// that reached the broker, across broker restarts.
+    pub async fn durable_queue(&self, name: &str, binding: &str) {
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue");
+        self.channel
+            .queue_bind(
+                name.into(),
+                self.exchange.as_str().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+
     /// A spy queue bound to `binding`, collecting envelopes from now on.
     pub async fn spy(&self, binding: &str) -> Spy {
         let ch = self.conn.create_channel().await.expect("channel");

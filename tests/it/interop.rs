@@ -3,8 +3,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use meeting_events::role::Role;
 use serde_json::{json, Value};
 
@@ -31,27 +29,7 @@ async fn our_events_reach_a_consumer_built_on_the_seed_helper() {
     // published before it exists.
     let bus = Bus::connect(&ctx).await;
     let py_queue = format!("{}-py-permission", ctx.prefix);
-    bus.channel
-        .queue_declare(
-            py_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    bus.channel
-        .queue_bind(
-            py_queue.as_str().into(),
-            ctx.exchange.as_str().into(),
-            "meeting.created".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    bus.durable_queue(&py_queue, "meeting.created").await;
 
     let (s, created) = Client::as_user("alice")
         .post(
