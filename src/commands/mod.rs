@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError, Secret, Settings, DEV_JWT_SECRET, PER_ROLE_VARIABLES};
 use crate::role::Role;
@@ -95,8 +94,11 @@ pub async fn run_all() -> Result<(), Failure> {
     let shutdown = crate::shutdown::on_signal();
     let mut tasks = Vec::new();
     for (settings, listener) in all.into_iter().zip(listeners) {
-        let token: CancellationToken = shutdown.clone();
-        tasks.push(tokio::spawn(crate::roles::run(settings, listener, token)));
+        tasks.push(tokio::spawn(crate::roles::run(
+            settings,
+            listener,
+            shutdown.clone(),
+        )));
     }
     let mut failure = None;
     for task in tasks {

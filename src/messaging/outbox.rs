@@ -58,7 +58,7 @@ pub async fn enqueue(tx: &mut SqliteConnection, envelope: &Envelope) -> sqlx::Re
     Ok(())
 }
 
-struct Row_ {
+struct OutboxRow {
     seq: i64,
     event_id: String,
     event_type: String,
@@ -153,7 +153,7 @@ async fn relay_batch(
     pool: &SqlitePool,
     session: &crate::messaging::Session,
 ) -> Result<usize, RelayError> {
-    let rows: Vec<Row_> = sqlx::query(
+    let rows: Vec<OutboxRow> = sqlx::query(
         "SELECT seq, event_id, event_type, producer, correlation_id, body, created_at_ms
          FROM outbox WHERE next_attempt_ms <= ? ORDER BY seq LIMIT ?",
     )
@@ -163,7 +163,7 @@ async fn relay_batch(
     .await?
     .into_iter()
     .map(|r| {
-        Ok(Row_ {
+        Ok(OutboxRow {
             seq: r.try_get(0)?,
             event_id: r.try_get(1)?,
             event_type: r.try_get(2)?,
