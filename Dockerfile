@@ -3,16 +3,21 @@
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# Dependencies first, against placeholder sources: this layer is rebuilt only when
+# Dependencies first, against placeholder sources: this layer is rebuilt only when a
 # Cargo.toml or Cargo.lock change.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/it \
- && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs tests/it/main.rs \
- && cargo build --release --locked --bin app
-COPY migrations migrations
-COPY src src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin app
+COPY crates/service/Cargo.toml crates/service/
+COPY crates/app/Cargo.toml crates/app/
+COPY crates/bench/Cargo.toml crates/bench/
+RUN for c in service app bench; do mkdir -p crates/$c/src; done \
+ && touch crates/service/src/lib.rs \
+ && echo 'fn main() {}' > crates/app/src/main.rs \
+ && echo 'fn main() {}' > crates/bench/src/main.rs \
+ && mkdir -p crates/app/tests/it && touch crates/app/tests/it/main.rs \
+ && cargo build --release --locked -p app
+COPY crates crates
+RUN touch crates/app/src/main.rs crates/service/src/lib.rs \
+ && cargo build --release --locked -p app
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/app /usr/local/bin/app

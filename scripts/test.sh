@@ -13,7 +13,7 @@ if ! python3 -c 'import pika' 2>/dev/null; then
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-  exec scripts/broker.sh run cargo nextest run --no-fail-fast "$@"
+  exec scripts/broker.sh run cargo nextest run --workspace --no-fail-fast "$@"
 else
-  exec scripts/broker.sh run cargo test --no-fail-fast "$@"
+  exec scripts/broker.sh run cargo test --workspace --no-fail-fast "$@"
 fi

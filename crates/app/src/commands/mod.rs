@@ -1,0 +1,140 @@
+//! The commands of the `app` binary: run a role or all of them, sign a token, and the tools
+//! in the submodules.
+
+pub mod operator;
+pub mod walk;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use meeting_events::config::{self, ConfigError, Secret, Settings, DEV_JWT_SECRET};
+use meeting_events::roles::{self, Role};
+
+/// A command's failure, with the exit status it deserves.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    /// Bad configuration: exit status 2.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// Anything else: exit status 1.
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl Failure {
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Config(_) => 2,
+            Failure::Other(_) => 1,
+        }
+    }
+}
+
+async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::new(settings.http_addr, settings.http_port);
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (HTTP_ADDR/HTTP_PORT): {e}"))
+}
+
+/// `app <role>`
+pub(crate) async fn run_role(role: Role) -> Result<(), Failure> {
+    let settings = Settings::from_process_env(role)?;
+    settings.jwt_secret()?;
+    let listener = bind(&settings).await?;
+    meeting_events::run(settings, listener, meeting_events::shutdown::on_signal()).await?;
+    Ok(())
+}
+
+/// Settings of each role under `app all`: shared variables from the environment, per-role
+/// ones from files and defaults, and the development key when no secret is set.
+pub(crate) fn all_settings(env: &HashMap<String, String>) -> Result<Vec<Settings>, ConfigError> {
+    let shared: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| !config::is_per_role(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    roles::ALL
+        .iter()
+        .map(|role| {
+            let mut s = Settings::load(role, &shared, &config::config_dir())?;
+            s.jwt_secret
+                .get_or_insert_with(|| Secret::new(DEV_JWT_SECRET));
+            Ok(s)
+        })
+        .collect()
+}
+
+/// `app all`
+pub(crate) async fn run_all() -> Result<(), Failure> {
+    let env = config::process_env();
+    let ignored: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|name| config::is_per_role(name))
+        .collect();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            ?ignored,
+            "app all gives each role its own queue, port and store; these variables are ignored"
+        );
+    }
+    if !env.contains_key("AUTH_JWT_SECRET") {
+        tracing::warn!(
+            "AUTH_JWT_SECRET is unset: using the development key (`app token` signs with it too)"
+        );
+    }
+    let all = all_settings(&env)?;
+    let mut listeners = Vec::new();
+    for s in &all {
+        listeners.push(bind(s).await?);
+    }
+    let shutdown = meeting_events::shutdown::on_signal();
+    let mut tasks = Vec::new();
+    for (settings, listener) in all.into_iter().zip(listeners) {
+        tasks.push(tokio::spawn(meeting_events::run(
+            settings,
+            listener,
+            shutdown.clone(),
+        )));
+    }
+    let mut failure = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                shutdown.cancel();
+                failure.get_or_insert(anyhow::anyhow!("a role task failed: {e}"));
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// `app token`
+pub(crate) fn token(user: &str, ttl: std::time::Duration) -> Result<String, Failure> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Err(anyhow::anyhow!("--user must not be empty").into());
+    }
+    let settings = Settings::shared_from_process_env()?;
+    let secret = match settings.jwt_secret {
+        Some(s) => s,
+        None => {
+            eprintln!(
+                "note: AUTH_JWT_SECRET is unset; signing with the development key of `app all`"
+            );
+            Secret::new(DEV_JWT_SECRET)
+        }
+    };
+    Ok(meeting_events::issue_token(&secret, user, ttl)?)
+}

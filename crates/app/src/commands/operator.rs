@@ -1,0 +1,397 @@
+//! Operator commands: publish and tail events, inspect and replay dead letters, verify the
+//! topology. They use the same configuration as the services.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+
+use meeting_events::config::{ConfigError, MqSettings, Settings};
+use meeting_events::envelope::{now_rfc3339, Envelope, EVENT_VERSION};
+use meeting_events::messaging::headers;
+use meeting_events::messaging::publisher::{self, Published};
+use meeting_events::messaging::topology;
+use meeting_events::Role;
+
+use super::Failure;
+
+async fn connect(mq: &MqSettings) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name("app-operator".into());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(mq.url.expose(), props),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out connecting to {}", mq.url))?
+    .with_context(|| format!("cannot connect to {}", mq.url))
+}
+
+fn shared_settings() -> anyhow::Result<Settings> {
+    Ok(Settings::shared_from_process_env()?)
+}
+
+/// `app events publish [--raw] ROUTING_KEY DATA`
+pub(crate) async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow::Result<()> {
+    let settings = shared_settings()?;
+    let mq = &settings.mq;
+    let conn = connect(mq).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let (id, outcome) = if raw {
+        let id = uuid::Uuid::new_v4().to_string();
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(id.as_str().into());
+        let confirm =
+            publisher::send(&channel, &mq.exchange, routing_key, data.as_bytes(), props).await?;
+        (id, publisher::confirmed(confirm).await?)
+    } else {
+        let data: Value = serde_json::from_str(data)
+            .context("DATA must be JSON (use --raw to send bytes as they are)")?;
+        if !data.is_object() {
+            bail!("DATA must be a JSON object");
+        }
+        let producer = std::env::var("SERVICE_NAME").unwrap_or_else(|_| "operator".into());
+        let id = uuid::Uuid::new_v4().to_string();
+        let envelope = Envelope {
+            event_type: routing_key.to_string(),
+            event_version: EVENT_VERSION,
+            correlation_id: Some(id.clone()),
+            event_id: id.clone(),
+            timestamp: now_rfc3339(),
+            producer,
+            data,
+            causation_id: None,
+        };
+        (
+            id,
+            publisher::publish_envelope(&channel, &mq.exchange, &envelope).await?,
+        )
+    };
+    let _ = conn.close(200, "done".into()).await;
+    match outcome {
+        Published::Routed => {
+            println!(
+                "published {id} to {} with routing key {routing_key}",
+                mq.exchange
+            );
+            Ok(())
+        }
+        Published::Unroutable(why) => {
+            bail!("the broker returned {id}: no queue is bound for {routing_key} ({why})")
+        }
+        Published::Nacked => bail!("the broker refused {id}"),
+        Published::TimedOut => bail!(
+            "no confirm for {id} within {:?}",
+            publisher::CONFIRM_TIMEOUT
+        ),
+    }
+}
+
+/// One line for a message: an envelope's fields, or a preview of the bytes.
+fn describe(body: &[u8]) -> (String, String, String, String) {
+    match Envelope::from_bytes(body) {
+        Ok(e) => (e.event_type, e.producer, e.event_id, e.data.to_string()),
+        Err(_) => ("-".into(), "-".into(), "-".into(), preview(body)),
+    }
+}
+
+fn preview(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut p: String = text.chars().take(80).collect();
+    if text.chars().count() > 80 {
+        p.push('…');
+    }
+    format!("{p:?}")
+}
+
+/// `app events tail [BINDING…]`
+pub(crate) async fn tail(bindings: &[String]) -> anyhow::Result<()> {
+    let settings = shared_settings()?;
+    let mq = &settings.mq;
+    let conn = connect(mq).await?;
+    let ch = conn.create_channel().await?;
+    topology::declare_exchange(&ch, mq).await?;
+    let bindings: Vec<String> = if bindings.is_empty() {
+        vec!["#".into()]
+    } else {
+        bindings.to_vec()
+    };
+    let keys: Vec<&str> = bindings.iter().map(String::as_str).collect();
+    let mut consumer = topology::tap(&ch, &mq.exchange, &keys).await?;
+    eprintln!(
+        "tailing exchange {} for {} (Ctrl-C to stop)",
+        mq.exchange,
+        bindings.join(",")
+    );
+    let shutdown = meeting_events::shutdown::on_signal();
+    loop {
+        let next = tokio::select! {
+            n = consumer.next() => n,
+            _ = shutdown.cancelled() => break,
+        };
+        match next {
+            Some(Ok(d)) => {
+                let (kind, producer, id, data) = describe(&d.data);
+                let kind = if kind == "-" {
+                    d.routing_key.to_string()
+                } else {
+                    kind
+                };
+                println!("{} {kind} {producer} {id} {data}", now_rfc3339());
+            }
+            Some(Err(e)) => bail!("lost the broker: {e}"),
+            None => bail!("the broker ended the tail"),
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// The id shown for a parked message: its `message_id`, else its envelope's `event_id`.
+fn message_id(m: &BasicGetMessage) -> String {
+    m.delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.to_string())
+        .or_else(|| {
+            Envelope::from_bytes(&m.delivery.data)
+                .ok()
+                .map(|e| e.event_id)
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Take every message of the dead-letter queue without acking: closing the channel puts back
+/// whatever was not acked, in order.
+async fn take_all(ch: &Channel, dlq: &str) -> anyhow::Result<Vec<BasicGetMessage>> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let count = ch
+        .queue_declare(dlq.into(), passive, FieldTable::default())
+        .await
+        .with_context(|| format!("no dead-letter queue {dlq}"))?
+        .message_count();
+    let mut out = Vec::new();
+    for _ in 0..count {
+        match ch
+            .basic_get(dlq.into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            Some(m) => out.push(m),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// `app dlq list --service NAME`
+pub(crate) async fn dlq_list(service: &str) -> anyhow::Result<()> {
+    let settings = shared_settings()?;
+    let conn = connect(&settings.mq).await?;
+    let ch = conn.create_channel().await?;
+    let dlq = topology::dead_letter_queue(service);
+    let messages = take_all(&ch, &dlq).await?;
+    println!("{} message(s) parked in {dlq}", messages.len());
+    for m in &messages {
+        let p = &m.delivery.properties;
+        let (kind, _, _, _) = describe(&m.delivery.data);
+        let kind = if kind == "-" {
+            headers::text(p, headers::ORIGINAL_ROUTING_KEY).unwrap_or_else(|| "-".into())
+        } else {
+            kind
+        };
+        println!(
+            "{}  {kind}  attempts={}  parked_at={}  reason={:?}  body={}",
+            message_id(m),
+            headers::count(p, headers::ATTEMPTS).unwrap_or(0),
+            headers::text(p, headers::PARKED_AT).unwrap_or_else(|| "-".into()),
+            headers::text(p, headers::REASON).unwrap_or_default(),
+            preview(&m.delivery.data),
+        );
+    }
+    // Closing the connection puts every message back, in order.
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// `app dlq replay --service NAME (--id ID | --all)`: back to the service's queue, with its
+/// retry count reset.
+pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> anyhow::Result<()> {
+    if id.is_none() && !all {
+        bail!("say which: --id ID or --all");
+    }
+    let settings = shared_settings()?;
+    let conn = connect(&settings.mq).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let dlq = topology::dead_letter_queue(service);
+    let messages = take_all(&ch, &dlq).await?;
+    let mut replayed = 0;
+    for m in &messages {
+        if !all && Some(message_id(m).as_str()) != id {
+            continue;
+        }
+        let props = headers::without_headers(
+            &m.delivery.properties,
+            &[
+                headers::ATTEMPTS,
+                headers::REASON,
+                headers::PARKED_AT,
+                headers::PARKED_BY,
+            ],
+        );
+        let props = headers::with_headers(
+            &props,
+            &[("x-replayed-at", AMQPValue::LongString(now_rfc3339().into()))],
+        );
+        let confirm = publisher::send(&ch, "", service, &m.delivery.data, props).await?;
+        match publisher::confirmed(confirm).await? {
+            Published::Routed => {
+                m.delivery.ack(BasicAckOptions::default()).await?;
+                replayed += 1;
+                println!("replayed {} to {service}", message_id(m));
+            }
+            other => bail!(
+                "could not put {} back on {service}: {other:?}",
+                message_id(m)
+            ),
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    if replayed == 0 {
+        bail!("no parked message in {dlq} matched");
+    }
+    Ok(())
+}
+
+/// Settings to verify: one role with the full environment, or every role as `app all` runs
+/// them.
+fn verify_targets(role: Option<Role>) -> Result<Vec<Settings>, ConfigError> {
+    match role {
+        Some(role) => Ok(vec![Settings::from_process_env(role)?]),
+        None => super::all_settings(&meeting_events::config::process_env()),
+    }
+}
+
+/// `app topology verify [--role ROLE]`
+pub(crate) async fn verify_command(role: Option<Role>) -> Result<(), Failure> {
+    let targets = verify_targets(role)?;
+    if verify(&targets).await? {
+        Ok(())
+    } else {
+        Err(Failure::Other(anyhow::anyhow!(
+            "the topology differs from what the roles declare"
+        )))
+    }
+}
+
+/// `app topology verify`: each queue and the exchange exist with the arguments the roles
+/// declare. Returns whether everything matched.
+async fn verify(all: &[Settings]) -> anyhow::Result<bool> {
+    let first = all.first().context("no roles")?;
+    let conn = connect(&first.mq).await?;
+    let mut ok = true;
+    let mq0 = &first.mq;
+    let exchange_check = {
+        let ch = conn.create_channel().await?;
+        let opts = lapin::options::ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .exchange_declare(
+                mq0.exchange.as_str().into(),
+                mq0.exchange_type.kind(),
+                opts,
+                FieldTable::default(),
+            )
+            .await
+        {
+            Err(e) => Err(format!("missing: {e}")),
+            Ok(()) => {
+                let ch = conn.create_channel().await?;
+                topology::declare_exchange(&ch, mq0)
+                    .await
+                    .map_err(|e| format!("differs: {e}"))
+            }
+        }
+    };
+    ok &= report(
+        &format!("exchange {} ({}, durable)", mq0.exchange, mq0.exchange_type),
+        exchange_check,
+    );
+    for s in all {
+        let mq = &s.mq;
+        let mut queues = vec![(mq.queue.clone(), topology::main_queue_args(mq))];
+        for d in &mq.retry_delays {
+            queues.push((
+                topology::retry_queue(&mq.queue, *d),
+                topology::retry_queue_args(mq, *d),
+            ));
+        }
+        queues.push((
+            topology::dead_letter_queue(&mq.queue),
+            topology::main_queue_args(mq),
+        ));
+        for (name, args) in queues {
+            let check = check_queue(&conn, &name, args).await?;
+            ok &= report(&format!("queue {name} ({})", mq.queue_type.as_str()), check);
+        }
+        println!("note  bindings of {} ({}) are re-asserted by the service on every connect; AMQP 0-9-1 cannot list them", mq.queue, mq.bindings.join(","));
+    }
+    let _ = conn.close(200, "verified".into()).await;
+    Ok(ok)
+}
+
+async fn check_queue(
+    conn: &Connection,
+    name: &str,
+    args: FieldTable,
+) -> anyhow::Result<Result<(), String>> {
+    let ch = conn.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    if let Err(e) = ch
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await
+    {
+        return Ok(Err(format!("missing: {e}")));
+    }
+    // Same name, same arguments: a no-op. Different arguments: the broker says which.
+    let ch = conn.create_channel().await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    Ok(ch
+        .queue_declare(name.into(), durable, args)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("differs: {e}")))
+}
+
+fn report(what: &str, check: Result<(), String>) -> bool {
+    match check {
+        Ok(()) => {
+            println!("ok    {what}");
+            true
+        }
+        Err(why) => {
+            println!("FAIL  {what}: {why}");
+            false
+        }
+    }
+}

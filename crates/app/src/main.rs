@@ -1,0 +1,54 @@
+//! `app`: parse the command line, start logging, dispatch. The roles live in the service
+//! library; the other commands in [`commands`].
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use cli::{Command, DlqCommand, EventsCommand, Parsed, TopologyCommand};
+use commands::{operator, Failure};
+
+fn main() -> ExitCode {
+    let parsed = cli::parse();
+    meeting_events::telemetry::init_logs("info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match parsed {
+            Parsed::Role(role) => commands::run_role(role).await,
+            Parsed::Other(cli) => dispatch(cli.command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::All => commands::run_all().await,
+        Command::Token { user, ttl } => commands::token(&user, ttl).map(|t| println!("{t}")),
+        Command::Walk(args) => Ok(commands::walk::run(args).await?),
+        Command::Events(EventsCommand::Publish {
+            raw,
+            routing_key,
+            data,
+        }) => Ok(operator::publish(raw, &routing_key, &data).await?),
+        Command::Events(EventsCommand::Tail { bindings }) => Ok(operator::tail(&bindings).await?),
+        Command::Dlq(DlqCommand::List { service }) => Ok(operator::dlq_list(&service).await?),
+        Command::Dlq(DlqCommand::Replay { service, id, all }) => {
+            Ok(operator::dlq_replay(&service, id.as_deref(), all).await?)
+        }
+        Command::Topology(TopologyCommand::Verify { role }) => operator::verify_command(role).await,
+    }
+}

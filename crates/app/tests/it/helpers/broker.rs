@@ -1,0 +1,237 @@
+//! RabbitMQ from the test's side: a raw connection to publish odd messages and watch the
+//! bus ([`Bus`], [`Spy`]), and private nodes for destructive tests ([`PrivateBroker`]).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use meeting_events::envelope::Envelope;
+
+use super::Ctx;
+
+/// A raw AMQP connection for the test itself: publish odd messages, watch the bus.
+pub struct Bus {
+    pub conn: Connection,
+    pub channel: lapin::Channel,
+    pub exchange: String,
+}
+
+impl Bus {
+    pub async fn connect(ctx: &Ctx) -> Self {
+        Self::connect_to(&ctx.amqp_url, &ctx.exchange).await
+    }
+
+    pub async fn connect_to(url: &str, exchange: &str) -> Self {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("test connection");
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange");
+        Self {
+            conn,
+            channel,
+            exchange: exchange.to_string(),
+        }
+    }
+
+    /// Publish bytes to the exchange with a routing key, confirmed.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+
+    pub async fn publish(&self, envelope: &Envelope) {
+        self.publish_raw(&envelope.event_type, &envelope.to_bytes())
+            .await;
+    }
+
+    /// A durable queue of the test's own, bound to `binding` before anything is published,
+    /// as the seed's `mq.py` declares its queues (durable, no arguments). It keeps every copy
+    /// that reached the broker, across broker restarts.
+    pub async fn durable_queue(&self, name: &str, binding: &str) {
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue");
+        self.channel
+            .queue_bind(
+                name.into(),
+                self.exchange.as_str().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+
+    /// A spy queue bound to `binding`, collecting envelopes from now on.
+    pub async fn spy(&self, binding: &str) -> Spy {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let consumer = meeting_events::messaging::topology::tap(&ch, &self.exchange, &[binding])
+            .await
+            .expect("spy queue");
+        Spy {
+            _channel: ch,
+            consumer,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Messages in a queue right now, taken off it (acked).
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::BasicGetMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            out.push(m);
+        }
+        out
+    }
+
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        q.message_count()
+    }
+}
+
+pub struct Spy {
+    _channel: lapin::Channel,
+    consumer: lapin::Consumer,
+    pub seen: Vec<Envelope>,
+}
+
+impl Spy {
+    /// Wait until `pred` holds for what has been seen, or `timeout`.
+    pub async fn until(&mut self, timeout: Duration, pred: impl Fn(&[Envelope]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !pred(&self.seen) {
+            match tokio::time::timeout_at(deadline, self.consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    if let Ok(env) = Envelope::from_bytes(&d.data) {
+                        self.seen.push(env);
+                    }
+                }
+                _ => return pred(&self.seen),
+            }
+        }
+        true
+    }
+
+    /// Keep collecting for `period`.
+    pub async fn collect_for(&mut self, period: Duration) {
+        self.until(period, |_| false).await;
+    }
+
+    pub fn of_type(&self, event_type: &str) -> Vec<&Envelope> {
+        self.seen
+            .iter()
+            .filter(|e| e.event_type == event_type)
+            .collect()
+    }
+}
+
+/// A private RabbitMQ node for a destructive test, from `scripts/broker.sh`.
+pub struct PrivateBroker {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl PrivateBroker {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rmq")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let url = broker_script(&["start", &dir.path().display().to_string()]);
+        Self { dir, url }
+    }
+
+    /// SIGKILL the node, as a crash.
+    pub fn kill(&self) {
+        broker_script(&["kill", &self.dir.path().display().to_string()]);
+    }
+
+    /// Have the node close every client connection (a connection reset).
+    pub fn close_connections(&self) {
+        broker_script(&["close-connections", &self.dir.path().display().to_string()]);
+    }
+
+    /// Start it again from its data directory (same name and port).
+    pub fn restart(&self) {
+        let url = broker_script(&["start", &self.dir.path().display().to_string()]);
+        assert_eq!(url, self.url);
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .args(["stop", &self.dir.path().display().to_string()])
+            .status();
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/broker.sh")
+}
+
+fn broker_script(args: &[&str]) -> String {
+    let out = Command::new(script())
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("broker.sh");
+    assert!(out.status.success(), "broker.sh {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -1,0 +1,189 @@
+//! Roles under test: inside the test process on port 0 ([`Running`], [`Stack`]), or as
+//! `app` child processes ([`spawn_process`]), and where they answer.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{eventually, quiet_logs, Client, Ctx, Role, ELECTION, MEETING, PERMISSION, VOTING};
+
+/// A role running inside the test process.
+pub struct Running {
+    pub role: Role,
+    pub base: String,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn spawn(ctx: &Ctx, role: Role) -> Self {
+        quiet_logs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(meeting_events::run(
+            ctx.settings(role),
+            listener,
+            shutdown.clone(),
+        ));
+        let running = Self {
+            role,
+            base: format!("http://{addr}"),
+            shutdown,
+            task,
+        };
+        running.wait_ready().await;
+        running
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/ready", self.base);
+        eventually(Duration::from_secs(20), || async {
+            reqwest::get(&url)
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        })
+        .await
+        .unwrap_or_else(|| panic!("{} did not become ready", self.role));
+    }
+
+    /// `/ready` answers 200 within `timeout`.
+    pub async fn wait_ready_within(&self, timeout: Duration) -> bool {
+        wait_ready_at(&self.base, timeout).await
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.expect("role task")
+    }
+}
+
+/// Where each role answers.
+pub struct Urls {
+    pub meeting: String,
+    pub election: String,
+    pub voting: String,
+    pub permission: String,
+}
+
+/// All four roles of one test.
+pub struct Stack {
+    pub meeting: Running,
+    pub election: Running,
+    pub voting: Running,
+    pub permission: Running,
+}
+
+impl Stack {
+    pub async fn start(ctx: &Ctx) -> Self {
+        // Consumers first: their queues exist before anything is published.
+        let (permission, election, voting, meeting) = tokio::join!(
+            Running::spawn(ctx, &PERMISSION),
+            Running::spawn(ctx, &ELECTION),
+            Running::spawn(ctx, &VOTING),
+            Running::spawn(ctx, &MEETING),
+        );
+        Self {
+            meeting,
+            election,
+            voting,
+            permission,
+        }
+    }
+
+    pub fn urls(&self) -> Urls {
+        Urls {
+            meeting: self.meeting.base.clone(),
+            election: self.election.base.clone(),
+            voting: self.voting.base.clone(),
+            permission: self.permission.base.clone(),
+        }
+    }
+
+    pub async fn stop(self) {
+        for r in [self.meeting, self.election, self.voting, self.permission] {
+            r.stop().await.expect("clean stop");
+        }
+    }
+}
+
+/// The built `app` binary.
+pub fn app_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_app"))
+}
+
+/// `app <role>` as a child process with this test's environment and the given port.
+pub fn spawn_process(ctx: &Ctx, role: Role, port: u16) -> Child {
+    let mut env = ctx.env(role);
+    env.insert("HTTP_PORT".into(), port.to_string());
+    Command::new(app_bin())
+        .arg(role.name)
+        .env_clear()
+        .envs(env)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("CONFIG_DIR", "/nonexistent")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn app")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub async fn wait_ready_at(base: &str, timeout: Duration) -> bool {
+    let url = format!("{base}/ready");
+    eventually(timeout, || async {
+        reqwest::get(&url)
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
+    })
+    .await
+    .is_some()
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// Create a meeting as `user` and wait until the meeting service knows its manager.
+pub async fn meeting_with_manager(urls: &Urls, user: &Client, title: &str) -> String {
+    let (status, body) = user
+        .post(
+            &format!("{}/meetings", urls.meeting),
+            serde_json::json!({"title": title}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    let url = format!("{}/meetings/{id}", urls.meeting);
+    eventually(Duration::from_secs(10), || async {
+        let (_, m) = user.get(&url).await;
+        (!m["managers"].as_array()?.is_empty()).then_some(())
+    })
+    .await
+    .expect("manager granted through permission-service");
+    id
+}

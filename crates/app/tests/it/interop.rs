@@ -1,0 +1,121 @@
+//! Wire compatibility with the seed's Python `mq.py` (pika 1.3.2), both ways.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn python(amqp_url: &str, exchange: &str, service: &str, args: &[&str]) -> std::process::Output {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    Command::new("python3")
+        .arg(dir.join("peer.py"))
+        .args(args)
+        .current_dir(&dir)
+        .env("AMQP_URL", amqp_url)
+        .env("MQ_EXCHANGE", exchange)
+        .env("SERVICE_NAME", service)
+        .output()
+        .expect("python3 runs (pip install pika==1.3.2)")
+}
+
+#[tokio::test]
+async fn our_events_reach_a_consumer_built_on_the_seed_helper() {
+    let ctx = Ctx::new();
+    let meeting = Running::spawn(&ctx, &MEETING).await;
+    // The Python service's queue, declared exactly as mq.py declares it, so nothing is
+    // published before it exists.
+    let bus = Bus::connect(&ctx).await;
+    let py_queue = format!("{}-py-permission", ctx.prefix);
+    bus.durable_queue(&py_queue, "meeting.created").await;
+
+    let (s, created) = Client::as_user("alice")
+        .post(
+            &format!("{}/meetings", meeting.base),
+            json!({"title": "From Rust"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (url, exchange) = (ctx.amqp_url.clone(), ctx.exchange.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        python(
+            &url,
+            &exchange,
+            "py-permission",
+            &["consume", &py_queue, "meeting.created", "1", "20"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python consumer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event: Value = serde_json::from_slice(&out.stdout).expect("one JSON event");
+    assert_eq!(event["event_type"], "meeting.created");
+    assert_eq!(event["event_version"], 1);
+    assert_eq!(event["producer"], ctx.queue(&MEETING));
+    assert!(event["event_id"]
+        .as_str()
+        .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
+    assert!(event["timestamp"].as_str().is_some());
+    assert_eq!(
+        event["data"],
+        json!({"meeting_id": created["id"], "title": "From Rust", "created_by": "alice"})
+    );
+    meeting.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_seed_helpers_publish_event_drives_our_election_service() {
+    let ctx = Ctx::new();
+    let election = Running::spawn(&ctx, &ELECTION).await;
+    let data = json!({"meeting_id": "py-meeting", "agenda_item_id": "py-item", "title": "Chair (from Python)"}).to_string();
+    let out = python(
+        &ctx.amqp_url,
+        &ctx.exchange,
+        "meeting-service",
+        &["publish", "agenda.election.create", &data],
+    );
+    assert!(
+        out.status.success(),
+        "python publisher: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let alice = Client::as_user("alice");
+    let url = format!("{}/elections?meeting_id=py-meeting", election.base);
+    let e = eventually(Duration::from_secs(15), || async {
+        alice.get(&url).await.1.as_array()?.first().cloned()
+    })
+    .await
+    .expect("the Python event created an election");
+    assert_eq!(e["status"], "nominating");
+    assert_eq!(e["title"], "Chair (from Python)");
+    assert_eq!(e["agenda_item_id"], "py-item");
+
+    // And the seed's start event moves it on (no candidates → cancelled).
+    let start = json!({"meeting_id": "py-meeting", "agenda_item_id": "py-item"}).to_string();
+    assert!(python(
+        &ctx.amqp_url,
+        &ctx.exchange,
+        "meeting-service",
+        &["publish", "agenda.election.start", &start]
+    )
+    .status
+    .success());
+    let id = e["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(15), || async {
+        (alice
+            .get(&format!("{}/elections/{id}", election.base))
+            .await
+            .1["status"]
+            == "cancelled")
+            .then_some(())
+    })
+    .await
+    .expect("start applied");
+    election.stop().await.unwrap();
+}

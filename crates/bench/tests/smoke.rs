@@ -1,0 +1,52 @@
+//! The benchmark harness runs end to end against the test broker, with the `app` binary
+//! built next to it, and prints every row of its table.
+
+use std::process::Command;
+
+#[test]
+fn bench_runs_every_benchmark_and_prints_its_table() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "all",
+            "--messages",
+            "300",
+            "--flows",
+            "60",
+            "--concurrency",
+            "8",
+            "--rate",
+            "50",
+            "--paced-for",
+            "1s",
+            "--per-publish-messages",
+            "5",
+        ])
+        .env(
+            "AMQP_URL",
+            std::env::var("AMQP_URL").expect("AMQP_URL: run scripts/test.sh"),
+        )
+        .env("CONFIG_DIR", "/nonexistent")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("bench runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "cores",
+        "publish: raw lapin",
+        "publish: our publisher",
+        "outbox relay",
+        "flows/s",
+        "p50 / p99",
+        "connection per publish",
+        "RSS meeting-service",
+        "RSS permission-service",
+        "CPU during",
+    ] {
+        assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
+    }
+}

@@ -1,0 +1,758 @@
+//! Settings shared by every role, loaded in layers: built-in defaults → `config/default.toml`
+//! → `config/<role>.toml` → environment variables, with the flat names of `mq.py`
+//! (docs/architecture.md §8).
+//!
+//! Every value is parsed here, once, into a typed [`Settings`]; a bad value becomes a
+//! [`ConfigError`] naming the variable, so `main` can print one line and exit with status 2.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::domain::{word_enum, UnknownWord};
+use crate::roles::Role;
+
+/// Where a variable's value comes from when nothing sets it.
+pub enum Default {
+    /// Unset means absent; the text says what that means.
+    Absent(&'static str),
+    /// The same for every role.
+    Fixed(&'static str),
+    /// Depends on the role. `shown` describes it in the docs when listing each role's
+    /// value would not read well.
+    PerRole {
+        value: fn(Role) -> String,
+        shown: Option<&'static str>,
+    },
+}
+
+/// Who reads a variable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The same for every role of a process.
+    Shared,
+    /// Names one role's own resources; `app all` takes it from `config/<role>.toml` or the
+    /// role's default instead of the environment (four roles cannot share a queue, a port
+    /// or a database).
+    PerRole,
+    /// Read by the log setup, not by [`Settings`].
+    Logging,
+}
+
+/// One configuration variable: the single place its name, meaning and default are written.
+/// The loader, `--help` and the README's table are all made from [`VARIABLES`].
+pub struct Variable {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub default: Default,
+    pub scope: Scope,
+}
+
+/// Every variable, in the order the docs list them.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "AMQP_URL",
+        help: "broker URI, `amqp://user:pass@host:port/vhost` (`amqps://` for TLS)",
+        default: Default::Fixed("amqp://guest:guest@localhost:5672/%2f"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_EXCHANGE",
+        help: "the shared exchange",
+        default: Default::Fixed("events"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_EXCHANGE_TYPE",
+        help: "exchange type: `topic`, `direct`, `fanout` or `headers`",
+        default: Default::Fixed("topic"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "SERVICE_NAME",
+        help: "producer name in the envelope; default queue name",
+        default: Default::PerRole {
+            value: |r| r.service_name(),
+            shown: None,
+        },
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "MQ_QUEUE",
+        help: "this service's durable queue",
+        default: Default::Absent("`SERVICE_NAME`"),
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "MQ_BINDINGS",
+        help: "comma-separated routing keys bound to the queue",
+        default: Default::PerRole {
+            value: |r| r.default_bindings().join(","),
+            shown: Some("the events the role consumes (see the event table)"),
+        },
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "MQ_PREFETCH",
+        help: "consumer prefetch",
+        default: Default::Fixed("64"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_QUEUE_TYPE",
+        help: "`classic` or `quorum`, for the queue, its retry queues and its dead-letter queue",
+        default: Default::Fixed("classic"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_RETRY_DELAYS",
+        help: "delay before each retry of a failed event; after the last it is parked",
+        default: Default::Fixed("1s,5s,30s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_ADDR",
+        help: "listen address",
+        default: Default::Fixed("0.0.0.0"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_PORT",
+        help: "listen port",
+        default: Default::PerRole {
+            value: |r| r.default_port.to_string(),
+            shown: None,
+        },
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "DATABASE_URL",
+        help: "the role's store (SQLite)",
+        default: Default::PerRole {
+            value: |r| format!("sqlite://data/{}.db", r.name),
+            shown: Some("`sqlite://data/<role>.db`"),
+        },
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "AUTH_JWT_SECRET",
+        help: "HS256 key for bearer tokens (16+ characters)",
+        default: Default::Absent(
+            "none: required, except under `app all`, which falls back to a development key",
+        ),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "CORS_ALLOWED_ORIGINS",
+        help: "comma-separated origins of the browser front end",
+        default: Default::Absent("none (no CORS headers)"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "SHUTDOWN_GRACE",
+        help: "how long shutdown may take to finish work in hand and flush the outbox",
+        default: Default::Fixed("10s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        help: "`text` or `json`",
+        default: Default::Fixed("text"),
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "RUST_LOG",
+        help: "log level filter",
+        default: Default::Fixed("info"),
+        scope: Scope::Logging,
+    },
+];
+
+impl Variable {
+    /// The default as the docs show it, in Markdown.
+    fn shown_default(&self) -> String {
+        match &self.default {
+            Default::Absent(text) => text.to_string(),
+            Default::Fixed(value) => format!("`{value}`"),
+            Default::PerRole {
+                shown: Some(text), ..
+            } => text.to_string(),
+            Default::PerRole { value, shown: None } => crate::roles::ALL
+                .iter()
+                .map(|r| format!("`{}` ({r})", value(r)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// Names of the variables [`Settings`] reads, per-role ones included.
+fn settings_variables() -> impl Iterator<Item = &'static Variable> {
+    VARIABLES.iter().filter(|v| v.scope != Scope::Logging)
+}
+
+/// Whether `app all` ignores `name` in the environment (see [`Scope::PerRole`]).
+pub fn is_per_role(name: &str) -> bool {
+    VARIABLES
+        .iter()
+        .any(|v| v.name == name && v.scope == Scope::PerRole)
+}
+
+/// The variables as `--help` lists them.
+pub fn help() -> String {
+    let mut out = String::from(
+        "Configuration (environment variables; also config/default.toml and config/<role>.toml,\n\
+         keys in lower case; CONFIG_DIR moves that folder):\n",
+    );
+    for v in VARIABLES {
+        let plain = |s: &str| s.replace('`', "");
+        out.push_str(&format!(
+            "  {:<21} {} [default: {}]\n",
+            v.name,
+            plain(v.help),
+            plain(&v.shown_default())
+        ));
+    }
+    out
+}
+
+/// The variables as the README's Markdown table.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| variable | meaning | default |\n|---|---|---|\n");
+    for v in VARIABLES {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            v.name,
+            v.help,
+            v.shown_default()
+        ));
+    }
+    out
+}
+
+/// Key used to sign tokens when `AUTH_JWT_SECRET` is unset under `app all` (local use only).
+pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me";
+
+/// A configuration problem, phrased for a one-line startup error.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, message: impl Into<String>) -> Self {
+        Self {
+            variable: variable.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A string that never shows itself in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+/// The broker URI. `Display` and `Debug` show it with the password masked.
+#[derive(Clone)]
+pub struct AmqpUrl {
+    raw: Secret,
+    redacted: String,
+}
+
+impl AmqpUrl {
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        let invalid = || {
+            ConfigError::new(
+                "AMQP_URL",
+                "not a valid AMQP URI (expected amqp://user:pass@host:port/vhost or amqps://…)",
+            )
+        };
+        let uri = lapin::uri::AMQPUri::from_str(raw).map_err(|_| invalid())?;
+        let scheme = if raw.starts_with("amqps://") {
+            "amqps"
+        } else {
+            "amqp"
+        };
+        let vhost = uri.vhost.replace('/', "%2f");
+        let redacted = format!(
+            "{scheme}://{}:****@{}:{}/{vhost}",
+            uri.authority.userinfo.username, uri.authority.host, uri.authority.port
+        );
+        Ok(Self {
+            raw: Secret::new(raw),
+            redacted,
+        })
+    }
+
+    /// The full URI, password included: pass it to the client library only.
+    pub fn expose(&self) -> &str {
+        self.raw.expose()
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({})", self.redacted)
+    }
+}
+
+word_enum! {
+    /// RabbitMQ queue type for the role's queues (main, retry and dead-letter).
+    QueueType {
+        Classic = "classic",
+        Quorum = "quorum",
+    }
+}
+
+word_enum! {
+    /// The kind of the shared exchange.
+    ExchangeType {
+        Topic = "topic",
+        Direct = "direct",
+        Fanout = "fanout",
+        Headers = "headers",
+    }
+}
+
+impl ExchangeType {
+    /// The client library's name for it.
+    pub fn kind(self) -> lapin::ExchangeKind {
+        match self {
+            ExchangeType::Topic => lapin::ExchangeKind::Topic,
+            ExchangeType::Direct => lapin::ExchangeKind::Direct,
+            ExchangeType::Fanout => lapin::ExchangeKind::Fanout,
+            ExchangeType::Headers => lapin::ExchangeKind::Headers,
+        }
+    }
+}
+
+/// Everything a role needs to know about the broker.
+#[derive(Clone, Debug)]
+pub struct MqSettings {
+    pub url: AmqpUrl,
+    pub exchange: String,
+    pub exchange_type: ExchangeType,
+    pub service_name: String,
+    pub queue: String,
+    pub bindings: Vec<String>,
+    pub prefetch: u16,
+    pub queue_type: QueueType,
+    /// Delay before each retry of a failed handler; after the last one the message is parked.
+    pub retry_delays: Vec<Duration>,
+}
+
+/// Typed settings of one role.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub role: Role,
+    pub mq: MqSettings,
+    pub http_addr: IpAddr,
+    pub http_port: u16,
+    pub database_url: String,
+    /// `None` only where a development key is acceptable; see [`Settings::jwt_secret`].
+    pub jwt_secret: Option<Secret>,
+    pub cors_allowed_origins: Vec<String>,
+    /// How long shutdown may take to finish deliveries in hand and flush the outbox.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Load a role's settings from `config_dir` and the given environment.
+    pub fn load(
+        role: Role,
+        env: &HashMap<String, String>,
+        config_dir: &Path,
+    ) -> Result<Self, ConfigError> {
+        let raw = layered(role, env, config_dir)?;
+        from_raw(role, &raw)
+    }
+
+    /// Load from the process environment and `CONFIG_DIR` (default `config`).
+    pub fn from_process_env(role: Role) -> Result<Self, ConfigError> {
+        Self::load(role, &process_env(), &config_dir())
+    }
+
+    /// Settings for tools that use only the shared variables (broker, exchange, secret):
+    /// loaded as the first role of the registry would load them.
+    pub fn shared_from_process_env() -> Result<Self, ConfigError> {
+        Self::from_process_env(crate::roles::ALL[0])
+    }
+
+    /// The signing key, or an error naming the variable when it is required and unset.
+    pub fn jwt_secret(&self) -> Result<&Secret, ConfigError> {
+        self.jwt_secret.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "AUTH_JWT_SECRET",
+                "required: the HS256 key that signs bearer tokens (generate one with `openssl rand -hex 32`)",
+            )
+        })
+    }
+}
+
+/// The known variables present in the process environment.
+pub fn process_env() -> HashMap<String, String> {
+    settings_variables()
+        .filter_map(|v| std::env::var(v.name).ok().map(|s| (v.name.to_string(), s)))
+        .collect()
+}
+
+/// `CONFIG_DIR`, or `config` relative to the working directory.
+pub fn config_dir() -> PathBuf {
+    std::env::var_os("CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config"))
+}
+
+fn layered(
+    role: Role,
+    env: &HashMap<String, String>,
+    config_dir: &Path,
+) -> Result<HashMap<String, String>, ConfigError> {
+    use config::{Config, Environment, File, FileFormat};
+
+    let mut builder = Config::builder();
+    for v in settings_variables() {
+        let value = match &v.default {
+            Default::Absent(_) => continue,
+            Default::Fixed(value) => value.to_string(),
+            Default::PerRole { value, .. } => value(role),
+        };
+        builder = builder
+            .set_default(v.name.to_lowercase(), value)
+            .map_err(|e| ConfigError::new(v.name, e.to_string()))?;
+    }
+    for file in ["default", role.name] {
+        let path = config_dir.join(format!("{file}.toml"));
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(false));
+    }
+    let env: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| settings_variables().any(|v| v.name == k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    builder = builder.add_source(Environment::default().source(Some(env)));
+    let cfg = builder.build().map_err(|e| {
+        // A file that does not parse; the message names the file, never a value from the env.
+        ConfigError::new("CONFIG_DIR", format!("{}: {e}", config_dir.display()))
+    })?;
+
+    let mut out = HashMap::new();
+    for name in settings_variables().map(|v| v.name) {
+        let key = name.to_lowercase();
+        match cfg.get_string(&key) {
+            Ok(value) => {
+                out.insert(name.to_string(), value);
+            }
+            Err(config::ConfigError::NotFound(_)) => {}
+            Err(_) => return Err(ConfigError::new(name, "must be a string or a number")),
+        }
+    }
+    Ok(out)
+}
+
+fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let get = |name: &str| {
+        raw.get(name)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let non_empty = |name: &str| {
+        let v = get(name);
+        if v.is_empty() {
+            Err(ConfigError::new(name, "must not be empty"))
+        } else {
+            Ok(v)
+        }
+    };
+
+    let url = AmqpUrl::parse(&non_empty("AMQP_URL")?)?;
+    let exchange = non_empty("MQ_EXCHANGE")?;
+    let exchange_type = non_empty("MQ_EXCHANGE_TYPE")?;
+    let exchange_type: ExchangeType = exchange_type.parse().map_err(|e: UnknownWord| {
+        ConfigError::new(
+            "MQ_EXCHANGE_TYPE",
+            format!("{exchange_type:?} is not {}", e.choices()),
+        )
+    })?;
+    let service_name = non_empty("SERVICE_NAME")?;
+    let queue = match get("MQ_QUEUE") {
+        q if q.is_empty() => service_name.clone(),
+        q => q,
+    };
+    let bindings = list(&get("MQ_BINDINGS"));
+    if bindings.is_empty() {
+        return Err(ConfigError::new(
+            "MQ_BINDINGS",
+            "needs at least one routing key",
+        ));
+    }
+    let prefetch = get("MQ_PREFETCH")
+        .parse::<u16>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ConfigError::new("MQ_PREFETCH", "must be a whole number from 1 to 65535"))?;
+    let queue_type = get("MQ_QUEUE_TYPE");
+    let queue_type: QueueType = queue_type.parse().map_err(|e: UnknownWord| {
+        ConfigError::new(
+            "MQ_QUEUE_TYPE",
+            format!("{queue_type:?} is not {}", e.choices()),
+        )
+    })?;
+    let retry_delays = list(&get("MQ_RETRY_DELAYS"))
+        .iter()
+        .map(|d| parse_duration("MQ_RETRY_DELAYS", d))
+        .collect::<Result<Vec<_>, _>>()?;
+    if retry_delays
+        .iter()
+        .any(|d| d.is_zero() || d.as_millis() > u32::MAX as u128)
+    {
+        return Err(ConfigError::new(
+            "MQ_RETRY_DELAYS",
+            "each delay must be above zero and below 49 days",
+        ));
+    }
+    let http_addr = get("HTTP_ADDR").parse::<IpAddr>().map_err(|_| {
+        ConfigError::new(
+            "HTTP_ADDR",
+            "must be an IP address such as 0.0.0.0 or 127.0.0.1",
+        )
+    })?;
+    let http_port = get("HTTP_PORT")
+        .parse::<u16>()
+        .map_err(|_| ConfigError::new("HTTP_PORT", "must be a port number from 0 to 65535"))?;
+    let database_url = non_empty("DATABASE_URL")?;
+    if !database_url.starts_with("sqlite:") {
+        return Err(ConfigError::new(
+            "DATABASE_URL",
+            "must be a sqlite: URL, e.g. sqlite://data/meeting.db",
+        ));
+    }
+    let jwt_secret = match get("AUTH_JWT_SECRET") {
+        s if s.is_empty() => None,
+        s if s.len() < 16 => {
+            return Err(ConfigError::new(
+                "AUTH_JWT_SECRET",
+                "too short: use at least 16 characters",
+            ))
+        }
+        s => Some(Secret::new(s)),
+    };
+    let cors_allowed_origins = list(&get("CORS_ALLOWED_ORIGINS"));
+    for origin in &cors_allowed_origins {
+        if !(origin.starts_with("http://") || origin.starts_with("https://"))
+            || axum::http::HeaderValue::from_str(origin).is_err()
+        {
+            return Err(ConfigError::new(
+                "CORS_ALLOWED_ORIGINS",
+                format!("{origin:?} is not an origin such as https://app.example.com"),
+            ));
+        }
+    }
+    let shutdown_grace = parse_duration("SHUTDOWN_GRACE", &get("SHUTDOWN_GRACE"))?;
+
+    Ok(Settings {
+        role,
+        mq: MqSettings {
+            url,
+            exchange,
+            exchange_type,
+            service_name,
+            queue,
+            bindings,
+            prefetch,
+            queue_type,
+            retry_delays,
+        },
+        http_addr,
+        http_port,
+        database_url,
+        jwt_secret,
+        cors_allowed_origins,
+        shutdown_grace,
+    })
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_duration(variable: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|_| {
+        ConfigError::new(
+            variable,
+            format!("{value:?} is not a duration such as 500ms, 5s or 2m"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn election() -> Role {
+        crate::roles::find("election").unwrap()
+    }
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(election(), &env, Path::new("/nonexistent"))
+    }
+
+    #[test]
+    fn defaults_follow_the_role() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.mq.service_name, "election-service");
+        assert_eq!(s.mq.queue, "election-service");
+        assert_eq!(
+            s.mq.bindings,
+            [
+                "agenda.election.create",
+                "agenda.election.start",
+                "voting.completed"
+            ]
+        );
+        assert_eq!(s.http_port, 8082);
+        assert_eq!(s.database_url, "sqlite://data/election.db");
+        assert_eq!(s.mq.queue_type, QueueType::Classic);
+        assert!(s.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = load(&[
+            ("SERVICE_NAME", "el-2"),
+            ("MQ_BINDINGS", " a.b , c.* ,"),
+            ("HTTP_PORT", "9000"),
+            ("MQ_RETRY_DELAYS", "100ms,2s"),
+        ])
+        .unwrap();
+        assert_eq!(s.mq.queue, "el-2", "queue defaults to SERVICE_NAME");
+        assert_eq!(s.mq.bindings, ["a.b", "c.*"]);
+        assert_eq!(s.http_port, 9000);
+        assert_eq!(
+            s.mq.retry_delays,
+            [Duration::from_millis(100), Duration::from_secs(2)]
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("HTTP_PORT", "eighty"),
+            ("MQ_PREFETCH", "0"),
+            ("MQ_QUEUE_TYPE", "stream"),
+            ("MQ_EXCHANGE_TYPE", "x-delayed"),
+            ("MQ_EXCHANGE", " "),
+            ("SHUTDOWN_GRACE", "later"),
+            ("MQ_RETRY_DELAYS", "1s,soon"),
+            ("AMQP_URL", "http://nope"),
+            ("HTTP_ADDR", "localhost:80"),
+            ("AUTH_JWT_SECRET", "short"),
+            ("CORS_ALLOWED_ORIGINS", "example.com"),
+            ("DATABASE_URL", "postgres://x"),
+        ] {
+            let err = load(&[(var, value)]).unwrap_err();
+            assert_eq!(err.variable, var, "{err}");
+            assert!(!err.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn the_amqp_password_never_shows() {
+        let s = load(&[("AMQP_URL", "amqp://bob:hunter2@rabbit:5673/prod")]).unwrap();
+        let shown = format!("{} {:?} {:?}", s.mq.url, s.mq.url, s);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("amqp://bob:****@rabbit:5673/prod"),
+            "{shown}"
+        );
+        let err = load(&[("AMQP_URL", "amqp://bob:hunter2@rabbit:notaport/x")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn files_are_layered_under_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "mq_exchange = \"from-default\"\nmq_prefetch = 7\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("election.toml"),
+            "mq_exchange = \"from-role\"\n",
+        )
+        .unwrap();
+        let env = HashMap::from([("MQ_PREFETCH".to_string(), "9".to_string())]);
+        let s = Settings::load(election(), &env, dir.path()).unwrap();
+        assert_eq!(s.mq.exchange, "from-role");
+        assert_eq!(s.mq.prefetch, 9);
+    }
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let help = help();
+        for v in VARIABLES {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(v.name))
+                .unwrap_or_else(|| panic!("{} missing from --help", v.name));
+            assert!(line.contains("[default: "), "{line}");
+        }
+        assert!(help.contains("[default: 8081 (meeting)") || help.contains("8081"));
+    }
+
+    #[test]
+    fn every_default_parses() {
+        for role in crate::roles::ALL {
+            let s = Settings::load(role, &HashMap::new(), Path::new("/nonexistent")).unwrap();
+            assert_eq!(s.http_port, role.default_port);
+            assert_eq!(s.mq.service_name, role.service_name());
+        }
+    }
+
+    #[test]
+    fn the_readme_table_is_the_generated_one() {
+        let readme = include_str!("../../../README.md");
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's configuration table is out of date; replace it with:\n{table}"
+        );
+    }
+}

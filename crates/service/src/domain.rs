@@ -1,0 +1,158 @@
+//! The domain's closed sets — item kinds, statuses, election outcomes, meeting roles — as
+//! enums. Each serialises as the lower-case word used on the wire and in the API, and is
+//! stored as that word through sqlx's type mapping, so an impossible state can be neither
+//! written nor read back.
+
+/// Declares a text-backed enum: serde and sqlx both use the snake_case word.
+macro_rules! word_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type)]
+        #[serde(rename_all = "snake_case")]
+        #[sqlx(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The word used on the wire, in the API and in the store.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownWord;
+
+            fn from_str(s: &str) -> Result<Self, UnknownWord> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownWord {
+                        expected: Self::ALL.iter().map(|v| v.as_str()).collect(),
+                    })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// A word that is not one of an enum's values; says which are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownWord {
+    /// The accepted words, in declaration order.
+    pub expected: Vec<&'static str>,
+}
+
+impl UnknownWord {
+    /// `"a" or "b"` / `"a", "b" or "c"`, for error messages.
+    pub fn choices(&self) -> String {
+        let quoted: Vec<String> = self.expected.iter().map(|w| format!("{w:?}")).collect();
+        match quoted.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            Some((last, _)) => last.clone(),
+            None => String::new(),
+        }
+    }
+}
+
+pub(crate) use word_enum;
+
+word_enum! {
+    /// What an agenda item is.
+    ItemKind {
+        Discussion = "discussion",
+        Election = "election",
+    }
+}
+
+word_enum! {
+    /// An agenda item's life: `pending` → `open` → (`voting` for elections) → `done`.
+    ItemStatus {
+        Pending = "pending",
+        Open = "open",
+        Voting = "voting",
+        Done = "done",
+    }
+}
+
+word_enum! {
+    /// An election's life: `nominating` → `voting` → `finalized`, or `cancelled`.
+    ElectionStatus {
+        Nominating = "nominating",
+        Voting = "voting",
+        Finalized = "finalized",
+        Cancelled = "cancelled",
+    }
+}
+
+word_enum! {
+    /// A ballot is open for votes, then closed with its tally.
+    BallotStatus {
+        Open = "open",
+        Closed = "closed",
+    }
+}
+
+word_enum! {
+    /// How an election ended.
+    Outcome {
+        /// One candidate has the most votes.
+        Elected = "elected",
+        /// Several candidates share the most votes; all of them are winners.
+        Tie = "tie",
+        /// The ballot closed without a vote.
+        NoVotes = "no_votes",
+        /// Started with no candidates: no ballot was held.
+        Cancelled = "cancelled",
+    }
+}
+
+word_enum! {
+    /// A role a user holds on a meeting. Only `manager` exists: it may run the meeting.
+    MeetingRole {
+        Manager = "manager",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_through_serde() {
+        for status in ElectionStatus::ALL {
+            let json = serde_json::to_string(status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(
+                serde_json::from_str::<ElectionStatus>(&json).unwrap(),
+                *status
+            );
+        }
+        assert_eq!(Outcome::NoVotes.as_str(), "no_votes");
+        assert!(serde_json::from_str::<MeetingRole>("\"owner\"").is_err());
+    }
+
+    #[test]
+    fn an_unknown_word_names_the_choices() {
+        assert_eq!("election".parse::<ItemKind>(), Ok(ItemKind::Election));
+        let err = "poll".parse::<ItemKind>().unwrap_err();
+        assert_eq!(err.choices(), "\"discussion\" or \"election\"");
+        let err = "x".parse::<ElectionStatus>().unwrap_err();
+        assert_eq!(
+            err.choices(),
+            "\"nominating\", \"voting\", \"finalized\" or \"cancelled\""
+        );
+    }
+}

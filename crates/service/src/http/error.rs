@@ -1,0 +1,126 @@
+//! The API error: one enum mapped to a status and a JSON body `{"error", "message"}`.
+//! Internal failures are logged with their cause and answered without it.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// 400: the body or query does not parse.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no token, or one that does not verify.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the resource is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: well-formed, but a value is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// 500: ours, not the caller's.
+    #[error("internal error")]
+    Internal(String),
+    /// 500: the store failed; the source is logged, never answered.
+    #[error("internal error")]
+    Store(#[from] sqlx::Error),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::Internal(_) | ApiError::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
+            ApiError::Store(e) => {
+                tracing::error!(cause = %crate::telemetry::Chain(e), "request failed: store")
+            }
+            _ => {}
+        }
+        let mut response = (
+            status,
+            Json(json!({"error": code, "message": self.to_string()})),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+/// A JSON body whose parse errors are answered as [`ApiError::BadRequest`].
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub(crate) struct ApiJson<T>(pub T);
+
+/// A query string whose parse errors are answered as [`ApiError::BadRequest`].
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct ApiQuery<T>(pub T);
+
+/// `limit` (default 100, 1–1000) and `offset` (default 0) of list endpoints.
+pub(crate) fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiError> {
+    let limit = limit.unwrap_or(100);
+    let offset = offset.unwrap_or(0);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::Invalid("limit must be from 1 to 1000".into()));
+    }
+    if offset < 0 {
+        return Err(ApiError::Invalid("offset must not be negative".into()));
+    }
+    Ok((limit, offset))
+}
+
+/// A required, trimmed, bounded text field.
+pub(crate) fn text_field(name: &str, value: &str, max: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::Invalid(format!("{name} must not be empty")));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::Invalid(format!(
+            "{name} must be at most {max} characters"
+        )));
+    }
+    Ok(value.to_string())
+}

@@ -1,0 +1,138 @@
+//! HTTP plumbing shared by every role (docs/architecture.md §4): state, router assembly,
+//! health, readiness, metrics, request metrics, CORS and auth.
+
+pub(crate) mod auth;
+mod error;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use sqlx::SqlitePool;
+use tower_http::cors::CorsLayer;
+use tower_http::trace::TraceLayer;
+
+pub(crate) use auth::{Auth, User};
+pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiQuery};
+
+use crate::messaging::{Broker, Outbox};
+
+/// What every request handler of a role can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) service: Arc<str>,
+    /// For reads; writes go through [`Outbox::begin`] or [`crate::store::begin`].
+    pub(crate) pool: SqlitePool,
+    pub(crate) broker: Broker,
+    pub(crate) auth: Arc<Auth>,
+    /// Units of work whose events are committed with them.
+    pub(crate) outbox: Outbox,
+}
+
+/// The role's routes behind auth, plus the probe routes, fallbacks and layers.
+pub(crate) fn app(state: AppState, api: Router<AppState>, cors_origins: &[String]) -> Router {
+    let api = api.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_user,
+    ));
+    let mut router = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            (StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": "method_not_allowed", "message": "method not allowed on this route"})))
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), track_requests))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state);
+    if !cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                ])
+                .max_age(Duration::from_secs(600)),
+        );
+    }
+    router
+}
+
+/// `200 {"status":"ok"}` while the process lives (the seed's probe).
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// 200 only when the broker is connected, the consumer attached and the store answers.
+async fn ready(State(state): State<AppState>) -> Response {
+    let mut reasons = Vec::new();
+    if !state.broker.is_connected() {
+        reasons.push("broker: not connected".to_string());
+    }
+    if !state.broker.consumer_attached() {
+        reasons.push("consumer: not attached to its queue".to_string());
+    }
+    let store = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await;
+    match store {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => reasons.push(format!("store: {}", crate::telemetry::Chain(&e))),
+        Err(_) => reasons.push("store: no answer within 2s".to_string()),
+    }
+    if reasons.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reasons": reasons})),
+        )
+            .into_response()
+    }
+}
+
+/// Prometheus text exposition of this process's metrics.
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::prometheus().render(),
+    )
+        .into_response()
+}
+
+/// Count requests by route and status, and time them.
+async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let service = state.service.to_string();
+    metrics::counter!("http_requests_total", "service" => service.clone(), "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("http_request_duration_seconds", "service" => service, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

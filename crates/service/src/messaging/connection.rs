@@ -1,0 +1,270 @@
+//! One long-lived connection per role, kept alive by a supervisor task.
+//!
+//! The supervisor connects with backoff, declares the topology, opens the publishing
+//! channel (confirm mode) and hands out the live [`Session`] through a watch channel. When
+//! the connection fails — broker restart, reset socket, a channel error reported by a user
+//! of the session — it withdraws the session and starts again. Publishers and the consumer
+//! wait for the next session instead of holding their own connections.
+//!
+//! lapin's own recovery is not used: re-declaring the topology and re-attaching the
+//! consumer ourselves is one code path that the fault suite exercises end to end.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MqSettings;
+use crate::messaging::topology;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A live connection with its confirm-mode publishing channel.
+#[derive(Clone)]
+pub(crate) struct Session {
+    /// Increases with every connect, so users can tell a new session from the old one.
+    pub(crate) id: u64,
+    pub(crate) connection: Arc<Connection>,
+    /// The channel every publish of this role goes through (confirms pipelined on it).
+    pub(crate) publisher: Channel,
+}
+
+struct Inner {
+    mq: MqSettings,
+    session: watch::Sender<Option<Session>>,
+    broken: tokio::sync::Notify,
+    consumer_attached: AtomicBool,
+    next_id: AtomicU64,
+}
+
+/// Handle to the role's broker connection. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl Broker {
+    /// Start the supervisor; it runs until `shutdown` is cancelled.
+    pub(crate) fn start(mq: MqSettings, shutdown: CancellationToken) -> Self {
+        let (session, _) = watch::channel(None);
+        let broker = Self {
+            inner: Arc::new(Inner {
+                mq,
+                session,
+                broken: tokio::sync::Notify::new(),
+                consumer_attached: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+            }),
+        };
+        tokio::spawn(broker.clone().supervise(shutdown));
+        broker
+    }
+
+    pub(crate) fn settings(&self) -> &MqSettings {
+        &self.inner.mq
+    }
+
+    /// The live session, if connected.
+    pub(crate) fn current(&self) -> Option<Session> {
+        self.inner.session.borrow().clone()
+    }
+
+    /// Follow session changes (connects and disconnects).
+    pub(crate) fn watch(&self) -> watch::Receiver<Option<Session>> {
+        self.inner.session.subscribe()
+    }
+
+    /// Wait for a live session; `None` once `shutdown` is cancelled first.
+    pub(crate) async fn wait_session(&self, shutdown: &CancellationToken) -> Option<Session> {
+        let mut rx = self.watch();
+        tokio::select! {
+            r = rx.wait_for(Option::is_some) => r.ok().and_then(|s| s.clone()),
+            _ = shutdown.cancelled() => None,
+        }
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.current()
+            .is_some_and(|s| s.connection.status().connected())
+    }
+
+    pub(crate) fn consumer_attached(&self) -> bool {
+        self.inner.consumer_attached.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_consumer_attached(&self, attached: bool) {
+        self.inner
+            .consumer_attached
+            .store(attached, Ordering::Relaxed);
+        metrics::gauge!("consumer_attached", "service" => self.inner.mq.service_name.clone())
+            .set(if attached { 1.0 } else { 0.0 });
+    }
+
+    /// A user of session `id` saw it fail (a closed channel, say): replace it.
+    pub(crate) fn report_broken(&self, id: u64) {
+        if self.current().is_some_and(|s| s.id == id) {
+            self.inner.broken.notify_one();
+        }
+    }
+
+    /// Close the connection cleanly (end of shutdown).
+    pub(crate) async fn close(&self) {
+        if let Some(session) = self.inner.session.send_replace(None) {
+            close_quietly(&session.connection, 200, "shutdown").await;
+        }
+        metrics::gauge!("broker_connected", "service" => self.inner.mq.service_name.clone())
+            .set(0.0);
+    }
+
+    async fn supervise(self, shutdown: CancellationToken) {
+        let mq = &self.inner.mq;
+        let connected_gauge =
+            metrics::gauge!("broker_connected", "service" => mq.service_name.clone());
+        connected_gauge.set(0.0);
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let attempt = tokio::select! {
+                r = tokio::time::timeout(CONNECT_TIMEOUT, self.connect()) => r.unwrap_or_else(|_| Err(ConnectError::Timeout)),
+                _ = shutdown.cancelled() => return,
+            };
+            match attempt {
+                Ok(session) => {
+                    backoff = BACKOFF_MIN;
+                    tracing::info!(service = %mq.service_name, broker = %mq.url, session = session.id, "connected to the broker");
+                    let events = session.connection.events_listener();
+                    self.inner.session.send_replace(Some(session.clone()));
+                    connected_gauge.set(1.0);
+                    tokio::select! {
+                        why = self.until_broken(&session, events) => {
+                            tracing::warn!(service = %mq.service_name, session = session.id, reason = %why, "broker connection lost; reconnecting");
+                        }
+                        // The session stays published: shutdown still flushes the outbox
+                        // through it before `close`.
+                        _ = shutdown.cancelled() => return,
+                    }
+                    self.inner.session.send_replace(None);
+                    connected_gauge.set(0.0);
+                    close_quietly(&session.connection, 320, "reconnecting").await;
+                }
+                Err(e) => {
+                    tracing::warn!(service = %mq.service_name, broker = %mq.url, error = %e, retry_in = ?backoff, "cannot attach to the broker (connect, or declare the topology)");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn connect(&self) -> Result<Session, ConnectError> {
+        let mq = &self.inner.mq;
+        let props =
+            ConnectionProperties::default().with_connection_name(mq.service_name.as_str().into());
+        let connection = Connection::connect(mq.url.expose(), props).await?;
+        let setup = connection.create_channel().await?;
+        topology::declare(&setup, mq).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Session {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            connection: Arc::new(connection),
+            publisher,
+        })
+    }
+
+    /// Resolves when the session can no longer be used, with the reason.
+    async fn until_broken(
+        &self,
+        session: &Session,
+        mut events: impl futures_util::Stream<Item = lapin::Event> + Unpin,
+    ) -> String {
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(e)) => return e.to_string(),
+                    Some(_) => {}
+                    None => return "event stream ended".into(),
+                },
+                _ = self.inner.broken.notified() => {
+                    if self.current().is_some_and(|s| s.id == session.id) {
+                        return "a channel of this connection failed".into();
+                    }
+                }
+                _ = poll.tick() => {
+                    ticks += 1;
+                    if ticks % DLQ_POLL_TICKS == 1 {
+                        self.record_dead_letters(session).await;
+                    }
+                    if !session.connection.status().connected() {
+                        return "connection is no longer connected".into();
+                    }
+                    if !session.publisher.status().connected() {
+                        return "publishing channel closed".into();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Close a connection, but never wait long: on a half-dead socket the broker's Close-Ok
+/// may never come, and a supervisor stuck here would never reconnect.
+async fn close_quietly(connection: &Connection, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(code, reason.into()),
+    )
+    .await;
+}
+
+/// How often (in 1 s ticks) the dead-letter queue's depth is read for the metrics.
+const DLQ_POLL_TICKS: u64 = 15;
+
+impl Broker {
+    /// Read the dead-letter queue's depth (a passive declare) into a gauge.
+    async fn record_dead_letters(&self, session: &Session) {
+        let mq = &self.inner.mq;
+        let Ok(channel) = session.connection.create_channel().await else {
+            return;
+        };
+        let dlq = topology::dead_letter_queue(&mq.queue);
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if let Ok(q) = channel
+            .queue_declare(
+                dlq.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+        {
+            metrics::gauge!("dead_letter_queue_messages", "service" => mq.service_name.clone(), "queue" => dlq)
+                .set(q.message_count() as f64);
+            let _ = channel.close(200, "done".into()).await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("timed out after {CONNECT_TIMEOUT:?}")]
+    Timeout,
+}

@@ -1,0 +1,442 @@
+//! The consumer loop: one delivery at a time, applied in a store transaction together with
+//! its inbox record, acked only after that transaction committed.
+//!
+//! A failing handler is retried through the broker-held wait queues (`MQ_RETRY_DELAYS`);
+//! after the last delay, or at once when the message can never succeed, it is parked in the
+//! dead-letter queue with its reason. Retry and park publishes are confirmed before the
+//! original is acked, so nothing is dropped on the way.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::envelope::{DecodeError, Envelope};
+use crate::events::{Event, EventType};
+use crate::messaging::decision::{decide, Decision, Handled, ParkReason};
+use crate::messaging::outbox::{Outbox, Work};
+use crate::messaging::publisher::{self, Published};
+use crate::messaging::{headers, inbox, topology, Broker, Session};
+use crate::telemetry::Chain;
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandleError {
+    /// May succeed later (a predecessor has not arrived yet): retry.
+    #[error("{0}")]
+    Retry(String),
+    /// Will never succeed (contradicts what this role knows): park at once.
+    #[error("{0}")]
+    Reject(String),
+    /// The store failed (busy, I/O): retry; the source is kept for the log.
+    #[error("store")]
+    Store(#[from] sqlx::Error),
+}
+
+impl HandleError {
+    fn handled(&self) -> Handled {
+        match self {
+            HandleError::Reject(_) => Handled::Impossible(ParkReason::Rejected),
+            HandleError::Retry(_) | HandleError::Store(_) => Handled::Failed,
+        }
+    }
+}
+
+/// A role's business logic for the events it consumes.
+///
+/// `handle` runs inside the unit of work that also records the event in the inbox; it
+/// writes the role's tables through `work` and emits the events it causes with
+/// [`Work::emit`], which links them to `envelope`.
+#[async_trait]
+pub(crate) trait EventHandler: Send + Sync + 'static {
+    async fn handle(
+        &self,
+        work: &mut Work,
+        envelope: &Envelope,
+        event: Event,
+    ) -> Result<(), HandleError>;
+}
+
+/// Everything the consumer needs.
+pub(crate) struct Consumer {
+    pub(crate) broker: Broker,
+    pub(crate) outbox: Outbox,
+    pub(crate) handler: Arc<dyn EventHandler>,
+}
+
+/// Most deliveries applied in one store transaction.
+const MAX_BATCH: usize = 32;
+
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+enum Applied {
+    Applied,
+    Duplicate,
+}
+
+/// The metric label for an event type read off the wire (bounded to the catalogue).
+fn type_label(event_type: &str) -> &'static str {
+    EventType::from_routing_key(event_type).map_or("other", EventType::routing_key)
+}
+
+/// The envelope and its typed event, or why the message can never be handled.
+fn decode(body: &[u8]) -> Result<(Envelope, Event), DecodeError> {
+    let envelope = Envelope::from_bytes(body)?;
+    let event = envelope.event()?;
+    Ok((envelope, event))
+}
+
+impl Consumer {
+    /// Consume until `shutdown`, re-attaching after every reconnect.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut sessions = self.broker.watch();
+        while let Some(session) = self.broker.wait_session(&shutdown).await {
+            match self.consume(&session, &shutdown).await {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Lost(why)) => self.lost(&session, &why),
+                Err(e) => self.lost(&session, &e.to_string()),
+            }
+            // Wait for the supervisor to replace the session we lost.
+            let old = session.id;
+            tokio::select! {
+                _ = sessions.wait_for(|s| s.as_ref().map(|s| s.id) != Some(old)) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.broker.set_consumer_attached(false);
+    }
+
+    fn lost(&self, session: &Session, why: &str) {
+        self.broker.set_consumer_attached(false);
+        tracing::warn!(service = %self.broker.settings().service_name, reason = why, "consumer detached");
+        self.broker.report_broken(session.id);
+    }
+
+    async fn consume(
+        &self,
+        session: &Session,
+        shutdown: &CancellationToken,
+    ) -> lapin::Result<Ended> {
+        let mq = self.broker.settings();
+        let channel = session.connection.create_channel().await?;
+        channel
+            .basic_qos(mq.prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!(
+            "{}-{}",
+            mq.service_name,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mut deliveries = channel
+            .basic_consume(
+                mq.queue.as_str().into(),
+                tag.as_str().into(),
+                // Manual acknowledgement: a delivery is acked only after it was handled.
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.broker.set_consumer_attached(true);
+        tracing::info!(service = %mq.service_name, queue = %mq.queue, prefetch = mq.prefetch, "consumer attached");
+        // The supervisor replacing the session also ends this consumer, whether or not the
+        // old channel's stream ever reports its end.
+        let mut sessions = self.broker.watch();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    // Stop taking deliveries; what was prefetched but not handled goes back
+                    // to the queue when the channel closes.
+                    let stop = async {
+                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        let _ = channel.close(200, "shutdown".into()).await;
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), stop).await;
+                    return Ok(Ended::Shutdown);
+                }
+                _ = async { let _ = sessions.wait_for(|s| s.as_ref().map(|s| s.id) != Some(session.id)).await; } => {
+                    return Ok(Ended::Lost("the connection was replaced".into()));
+                }
+                next = deliveries.next() => next,
+            };
+            let first = match next {
+                None => return Ok(Ended::Lost("the broker ended the consumer".into())),
+                Some(Err(e)) => return Ok(Ended::Lost(e.to_string())),
+                Some(Ok(delivery)) => delivery,
+            };
+            // Take what the prefetch has already delivered, without waiting for more.
+            let mut batch = vec![first];
+            let mut ended = None;
+            while batch.len() < MAX_BATCH {
+                match deliveries.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(e))) => {
+                        ended = Some(Ended::Lost(e.to_string()));
+                        break;
+                    }
+                    Some(None) => {
+                        ended = Some(Ended::Lost("the broker ended the consumer".into()));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            self.process_batch(session, batch).await?;
+            if let Some(ended) = ended {
+                return Ok(ended);
+            }
+        }
+    }
+
+    /// Handle one delivery to the end: acked after commit, or retried, or parked.
+    async fn process(&self, session: &Session, delivery: Delivery) -> lapin::Result<()> {
+        let (envelope, event) = match decode(&delivery.data) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                let label = Envelope::from_bytes(&delivery.data)
+                    .map_or("other", |env| type_label(&env.event_type));
+                let handled = Handled::Impossible(ParkReason::from(&e));
+                return self
+                    .settle(session, &delivery, label, handled, &e.to_string())
+                    .await;
+            }
+        };
+        let label = type_label(&envelope.event_type);
+        let span = tracing::info_span!("event", event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id());
+        async {
+            let service = &self.broker.settings().service_name;
+            let started = Instant::now();
+            let outcome = self.apply(&envelope, event).await;
+            metrics::histogram!("event_handler_duration_seconds", "service" => service.clone(), "event_type" => label)
+                .record(started.elapsed().as_secs_f64());
+            let (handled, detail) = match outcome {
+                Ok(applied) => {
+                    self.record_applied(&envelope, label, &applied);
+                    (Handled::Done, String::new())
+                }
+                Err(e) => {
+                    metrics::counter!("events_failed_total", "service" => service.clone(), "event_type" => label).increment(1);
+                    (e.handled(), Chain(&e).to_string())
+                }
+            };
+            self.settle(session, &delivery, label, handled, &detail).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Ack, retry or park, as [`decide`] says.
+    async fn settle(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        label: &'static str,
+        handled: Handled,
+        detail: &str,
+    ) -> lapin::Result<()> {
+        let mq = self.broker.settings();
+        let before = headers::count(&delivery.properties, headers::ATTEMPTS).unwrap_or(0);
+        match decide(handled, before, &mq.retry_delays) {
+            Decision::Ack => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            Decision::Retry { delay, attempt } => {
+                tracing::warn!(attempt, retry_in = ?delay, reason = detail, "handler failed; retrying later");
+                let props = headers::with_headers(
+                    &delivery.properties,
+                    &[
+                        (headers::ATTEMPTS, AMQPValue::LongLongInt(attempt as i64)),
+                        (headers::REASON, headers::text_value(detail)),
+                        (
+                            headers::ORIGINAL_ROUTING_KEY,
+                            headers::text_value(&original_routing_key(delivery)),
+                        ),
+                    ],
+                );
+                let wait_queue = topology::retry_queue(&mq.queue, delay);
+                self.forward(session, delivery, &wait_queue, props).await?;
+                metrics::counter!("events_retried_total", "service" => mq.service_name.clone(), "event_type" => label).increment(1);
+                Ok(())
+            }
+            Decision::Park { reason, attempts } => {
+                let detail = match reason {
+                    ParkReason::RetriesExhausted => {
+                        format!("gave up after {attempts} attempts: {detail}")
+                    }
+                    _ => detail.to_string(),
+                };
+                self.park(session, delivery, label, reason, attempts, &detail)
+                    .await
+            }
+        }
+    }
+
+    /// Several deliveries at once: decoded ones applied in one transaction and acked after
+    /// its commit. If any handler fails, nothing of the batch is kept and each delivery
+    /// goes through [`Self::process`] alone, so only the failing one is retried or parked.
+    async fn process_batch(
+        &self,
+        session: &Session,
+        mut batch: Vec<Delivery>,
+    ) -> lapin::Result<()> {
+        if batch.len() == 1 {
+            return self.process(session, batch.remove(0)).await;
+        }
+        let mut ready = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match decode(&delivery.data) {
+                Ok((envelope, event)) => ready.push((delivery, envelope, event)),
+                // Can never succeed: parked, with its reason, by the one-at-a-time path.
+                Err(_) => self.process(session, delivery).await?,
+            }
+        }
+        let started = Instant::now();
+        let items = ready
+            .iter()
+            .map(|(_, env, event)| (env, event.clone()))
+            .collect();
+        match self.apply_all(items).await {
+            Ok(outcomes) => {
+                let service = &self.broker.settings().service_name;
+                let each = started.elapsed().as_secs_f64() / ready.len().max(1) as f64;
+                for ((delivery, envelope, _), applied) in ready.iter().zip(outcomes) {
+                    let label = type_label(&envelope.event_type);
+                    metrics::histogram!("event_handler_duration_seconds", "service" => service.clone(), "event_type" => label).record(each);
+                    self.record_applied(envelope, label, &applied);
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
+                Ok(())
+            }
+            Err(_) => {
+                for (delivery, _, _) in ready {
+                    self.process(session, delivery).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn record_applied(&self, envelope: &Envelope, label: &'static str, applied: &Applied) {
+        let outcome = match applied {
+            Applied::Applied => {
+                tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), producer = %envelope.producer, "event applied");
+                "applied"
+            }
+            Applied::Duplicate => {
+                tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event already applied; duplicate acked");
+                "duplicate"
+            }
+        };
+        metrics::counter!("events_consumed_total", "service" => self.broker.settings().service_name.clone(), "event_type" => label, "outcome" => outcome).increment(1);
+    }
+
+    async fn apply(&self, envelope: &Envelope, event: Event) -> Result<Applied, HandleError> {
+        let mut outcomes = self.apply_all(vec![(envelope, event)]).await?;
+        Ok(outcomes.pop().unwrap_or(Applied::Duplicate))
+    }
+
+    /// Apply events in order in one unit of work, each recorded in the inbox with its
+    /// effect. An event already in the inbox (redelivered, or twice in this batch) changes
+    /// nothing.
+    async fn apply_all(&self, items: Vec<(&Envelope, Event)>) -> Result<Vec<Applied>, HandleError> {
+        let mut work = self.outbox.begin().await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (envelope, event) in items {
+            if !inbox::record(&mut work, envelope).await? {
+                outcomes.push(Applied::Duplicate);
+                continue;
+            }
+            work.caused_by(envelope);
+            AssertUnwindSafe(self.handler.handle(&mut work, envelope, event))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(HandleError::Retry("handler panicked".into())))?;
+            outcomes.push(Applied::Applied);
+        }
+        work.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// Park a delivery in the dead-letter queue with its reason and history.
+    async fn park(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        label: &'static str,
+        reason: ParkReason,
+        attempts: u64,
+        detail: &str,
+    ) -> lapin::Result<()> {
+        let mq = self.broker.settings();
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        tracing::error!(service = %mq.service_name, event_id = %message_id, event_type = label, correlation_id = delivery.properties.correlation_id().as_ref().map(|s| s.as_str()).unwrap_or(""), %reason, detail, attempts, "message parked in the dead-letter queue");
+        let props = headers::with_headers(
+            &delivery.properties,
+            &[
+                (headers::ATTEMPTS, AMQPValue::LongLongInt(attempts as i64)),
+                (
+                    headers::REASON,
+                    headers::text_value(&format!("{reason}: {detail}")),
+                ),
+                (
+                    headers::ORIGINAL_ROUTING_KEY,
+                    headers::text_value(&original_routing_key(delivery)),
+                ),
+                (
+                    headers::PARKED_AT,
+                    headers::text_value(&crate::envelope::now_rfc3339()),
+                ),
+                (headers::PARKED_BY, headers::text_value(&mq.service_name)),
+            ],
+        );
+        let dlq = topology::dead_letter_queue(&mq.queue);
+        self.forward(session, delivery, &dlq, props).await?;
+        metrics::counter!("events_parked_total", "service" => mq.service_name.clone(), "event_type" => label, "reason" => reason.label()).increment(1);
+        Ok(())
+    }
+
+    /// Move a delivery to one of our own queues: confirmed publish first, then ack.
+    async fn forward(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        queue: &str,
+        props: lapin::BasicProperties,
+    ) -> lapin::Result<()> {
+        let confirm = publisher::send(&session.publisher, "", queue, &delivery.data, props).await?;
+        match publisher::confirmed(confirm).await? {
+            Published::Routed => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),
+            other => {
+                tracing::error!(queue, outcome = ?other, "could not move the message; it goes back to the queue");
+                delivery
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+}
+
+/// The routing key the message was first published with.
+fn original_routing_key(delivery: &Delivery) -> String {
+    headers::text(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
+        .unwrap_or_else(|| delivery.routing_key.to_string())
+}

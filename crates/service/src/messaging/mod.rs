@@ -1,0 +1,17 @@
+//! Everything that talks to RabbitMQ (docs/architecture.md §5): the connection and its
+//! topology, publishing with confirms, the consumer loop with its retry/park decision, the
+//! outbox relay and the inbox.
+
+pub(crate) mod connection;
+pub(crate) mod consumer;
+pub mod decision;
+pub mod headers;
+pub(crate) mod inbox;
+pub(crate) mod outbox;
+pub mod publisher;
+pub mod topology;
+
+pub(crate) use connection::{Broker, Session};
+pub(crate) use consumer::{EventHandler, HandleError};
+pub(crate) use outbox::{Outbox, Work};
+pub use publisher::unix_seconds;

@@ -1,0 +1,353 @@
+//! The outbox (docs/architecture.md §5): events are written in the transaction of the state
+//! change that causes them ([`Work::emit`]), and a relay publishes them with confirms and deletes each one only once
+//! the broker has confirmed it. While the broker is away the rows wait; nothing is lost.
+//!
+//! Rows are published in `seq` order; a batch's frames go out back to back and its confirms
+//! are awaited together. A row the broker could not route (no queue bound yet) stays and is
+//! tried again after [`UNROUTABLE_RETRY`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::Envelope;
+use crate::events::Event;
+use crate::messaging::publisher::{self, Published};
+use crate::messaging::{headers, Broker, Session};
+use crate::store::now_ms;
+
+/// Rows published per batch.
+const BATCH: i64 = 256;
+/// How long an unroutable event waits before it is tried again.
+pub(crate) const UNROUTABLE_RETRY: Duration = Duration::from_secs(2);
+/// The relay looks at the table at least this often, even without a wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the backlog gauges are refreshed.
+const GAUGE_EVERY: Duration = Duration::from_secs(5);
+
+/// The one way to emit events: a handle that knows the producer, opens units of work on
+/// the role's store, and wakes the relay after a commit that added rows. HTTP handlers and
+/// event handlers both go through it.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    producer: Arc<str>,
+    pool: SqlitePool,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    pub(crate) fn new(producer: &str, pool: SqlitePool) -> Self {
+        Self {
+            producer: producer.into(),
+            pool,
+            wake: Arc::default(),
+        }
+    }
+
+    /// Begin a unit of work: a write transaction whose emitted events are committed with it.
+    pub(crate) async fn begin(&self) -> sqlx::Result<Work> {
+        Ok(Work {
+            tx: crate::store::begin(&self.pool).await?,
+            outbox: self.clone(),
+            cause: None,
+            emitted: 0,
+        })
+    }
+
+    fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    async fn woken(&self) {
+        self.wake.notified().await
+    }
+}
+
+/// A store transaction and the events it causes: both land at [`Work::commit`] or neither
+/// does. It dereferences to the transaction's connection for the role's own queries.
+pub(crate) struct Work {
+    tx: Transaction<'static, Sqlite>,
+    outbox: Outbox,
+    /// The event being handled, when this work applies one: emitted events join its chain.
+    cause: Option<Cause>,
+    emitted: usize,
+}
+
+struct Cause {
+    event_id: String,
+    chain_id: String,
+}
+
+impl Work {
+    /// Events emitted from now on are caused by `envelope` (same correlation id, causation
+    /// id = its event id).
+    pub(crate) fn caused_by(&mut self, envelope: &Envelope) {
+        self.cause = Some(Cause {
+            event_id: envelope.event_id.clone(),
+            chain_id: envelope.chain_id().to_string(),
+        });
+    }
+
+    /// Add `event` to the outbox inside this transaction.
+    pub(crate) async fn emit(&mut self, event: Event) -> sqlx::Result<()> {
+        let mut envelope = Envelope::new(&event, &self.outbox.producer);
+        if let Some(cause) = &self.cause {
+            envelope.correlation_id = Some(cause.chain_id.clone());
+            envelope.causation_id = Some(cause.event_id.clone());
+        }
+        insert(&mut self.tx, &envelope).await?;
+        self.emitted += 1;
+        tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event committed to the outbox");
+        Ok(())
+    }
+
+    /// Commit, and wake the relay when events were emitted.
+    pub(crate) async fn commit(self) -> sqlx::Result<()> {
+        self.tx.commit().await?;
+        if self.emitted > 0 {
+            self.outbox.wake();
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Work {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Work {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
+async fn insert(tx: &mut SqliteConnection, envelope: &Envelope) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, producer, correlation_id, body, created_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&envelope.event_id)
+    .bind(&envelope.event_type)
+    .bind(&envelope.producer)
+    .bind(&envelope.correlation_id)
+    .bind(envelope.to_bytes())
+    .bind(now_ms())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+struct OutboxRow {
+    seq: i64,
+    event_id: String,
+    event_type: String,
+    producer: String,
+    correlation_id: Option<String>,
+    body: Vec<u8>,
+    created_at_ms: i64,
+}
+
+/// Events waiting in the outbox and the age of the oldest, in seconds.
+pub(crate) async fn backlog(pool: &SqlitePool) -> sqlx::Result<(i64, f64)> {
+    let row = sqlx::query("SELECT COUNT(*), MIN(created_at_ms) FROM outbox")
+        .fetch_one(pool)
+        .await?;
+    let count: i64 = row.try_get(0)?;
+    let oldest: Option<i64> = row.try_get(1)?;
+    let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+    Ok((count, age))
+}
+
+/// The relay task. Runs until `shutdown`; then publishes what it can within `grace`.
+pub(crate) async fn run_relay(
+    broker: Broker,
+    outbox: Outbox,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let service = broker.settings().service_name.clone();
+    let pool = &outbox.pool;
+    let mut gauges_at: Option<Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let Some(session) = broker.wait_session(&shutdown).await else {
+            break;
+        };
+        let full = match relay_batch(&broker, pool, &session).await {
+            Ok(fetched) => fetched == BATCH as usize,
+            Err(e) => {
+                tracing::warn!(service, error = %crate::telemetry::Chain(&e), "outbox relay paused");
+                false
+            }
+        };
+        if gauges_at.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
+            record_backlog(pool, &service).await;
+            gauges_at = Some(Instant::now());
+        }
+        if full {
+            continue; // more rows are waiting
+        }
+        // A commit since the batch was read left a wake-up permit: nothing is missed.
+        tokio::select! {
+            _ = outbox.woken() => {}
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    // Shutdown: flush what the broker takes within the grace period.
+    let flush = async {
+        while let Some(session) = broker.current() {
+            match relay_batch(&broker, pool, &session).await {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    };
+    if tokio::time::timeout(grace, flush).await.is_err() {
+        tracing::warn!(service, "outbox flush did not finish within the shutdown grace period; the rest is sent on next start");
+    }
+    record_backlog(pool, &service).await;
+}
+
+async fn record_backlog(pool: &SqlitePool, service: &str) {
+    if let Ok((count, age)) = backlog(pool).await {
+        metrics::gauge!("outbox_backlog", "service" => service.to_string()).set(count as f64);
+        metrics::gauge!("outbox_oldest_age_seconds", "service" => service.to_string()).set(age);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("store")]
+    Store(#[from] sqlx::Error),
+    #[error("broker")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Publish one batch of due rows; returns how many rows it read.
+async fn relay_batch(
+    broker: &Broker,
+    pool: &SqlitePool,
+    session: &Session,
+) -> Result<usize, RelayError> {
+    let rows: Vec<OutboxRow> = sqlx::query(
+        "SELECT seq, event_id, event_type, producer, correlation_id, body, created_at_ms
+         FROM outbox WHERE next_attempt_ms <= ? ORDER BY seq LIMIT ?",
+    )
+    .bind(now_ms())
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(OutboxRow {
+            seq: r.try_get(0)?,
+            event_id: r.try_get(1)?,
+            event_type: r.try_get(2)?,
+            producer: r.try_get(3)?,
+            correlation_id: r.try_get(4)?,
+            body: r.try_get(5)?,
+            created_at_ms: r.try_get(6)?,
+        })
+    })
+    .collect::<sqlx::Result<_>>()?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+
+    let exchange = &broker.settings().exchange;
+    let mut pending = Vec::with_capacity(rows.len());
+    let mut send_error = None;
+    for row in &rows {
+        let props = headers::for_event(
+            &row.event_id,
+            &row.event_type,
+            &row.producer,
+            row.correlation_id.as_deref(),
+            (row.created_at_ms / 1000) as u64,
+        );
+        match publisher::send(
+            &session.publisher,
+            exchange,
+            &row.event_type,
+            &row.body,
+            props,
+        )
+        .await
+        {
+            Ok(confirm) => pending.push((row, publisher::confirmed(confirm))),
+            Err(e) => {
+                send_error = Some(e);
+                break;
+            }
+        }
+    }
+    let (rows_sent, confirms): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+    let results = join_all(confirms).await;
+
+    let mut done = Vec::new();
+    let mut unroutable = Vec::new();
+    let mut broken = send_error.is_some();
+    for (row, result) in rows_sent.into_iter().zip(results) {
+        match result {
+            Ok(Published::Routed) => {
+                metrics::counter!("events_published_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
+                tracing::debug!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), "event published");
+                done.push(row.seq);
+            }
+            Ok(Published::Unroutable(why)) => {
+                tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), reason = %why, "no queue is bound for this event yet; it stays in the outbox");
+                metrics::counter!("events_unroutable_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
+                unroutable.push(row.seq);
+            }
+            Ok(Published::Nacked | Published::TimedOut) | Err(_) => broken = true,
+        }
+    }
+
+    if !done.is_empty() || !unroutable.is_empty() {
+        let mut tx = crate::store::begin(pool).await?;
+        for chunk in done.chunks(500) {
+            let sql = format!(
+                "DELETE FROM outbox WHERE seq IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for seq in chunk {
+                q = q.bind(seq);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let retry_at = now_ms() + UNROUTABLE_RETRY.as_millis() as i64;
+        for seq in &unroutable {
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = 'unroutable' WHERE seq = ?",
+            )
+            .bind(retry_at)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    }
+    if broken {
+        broker.report_broken(session.id);
+        if let Some(e) = send_error {
+            return Err(e.into());
+        }
+    }
+    Ok(rows.len())
+}
+
+/// `?, ?, …` for an `IN (…)` list of `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}

@@ -1,0 +1,167 @@
+//! The exchange, queues and bindings a role declares on every (re)connect.
+//!
+//! For a queue `Q` the role owns:
+//! - `Q`, bound to the shared exchange with `MQ_BINDINGS`;
+//! - `Q.retry.<ms>ms`, one per `MQ_RETRY_DELAYS` entry: no consumer, a message TTL of that
+//!   delay, and dead-lettering back to `Q` through the default exchange, so the broker
+//!   holds a failed message for its delay, not a sleeping consumer;
+//! - `Q.dlq`, where messages that will never succeed are parked with their reason.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::Channel;
+
+use crate::config::{MqSettings, QueueType};
+
+/// Name of the wait queue that holds a message for `delay` before it returns to `queue`.
+pub fn retry_queue(queue: &str, delay: Duration) -> String {
+    format!("{queue}.retry.{}ms", delay.as_millis())
+}
+
+/// Name of the dead-letter (parking) queue of `queue`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+/// Declare the shared exchange: durable, as `mq.py` declares it (same arguments,
+/// so either side may declare it first).
+pub async fn declare_exchange(channel: &Channel, mq: &MqSettings) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            mq.exchange.as_str().into(),
+            mq.exchange_type.kind(),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Arguments of a queue of the role's type, plus `extra`.
+fn queue_args(queue_type: QueueType, extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+    }
+    for (key, value) in extra {
+        args.insert((*key).into(), value.clone());
+    }
+    args
+}
+
+/// Arguments the main queue is declared with (also checked by `topology verify`).
+pub fn main_queue_args(mq: &MqSettings) -> FieldTable {
+    queue_args(mq.queue_type, &[])
+}
+
+/// Arguments a retry queue is declared with.
+pub fn retry_queue_args(mq: &MqSettings, delay: Duration) -> FieldTable {
+    queue_args(
+        mq.queue_type,
+        &[
+            // Milliseconds; validated to fit in 32 bits by the config loader.
+            (
+                "x-message-ttl",
+                AMQPValue::LongLongInt(delay.as_millis() as i64),
+            ),
+            // Back through the default exchange, straight to the main queue.
+            ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(mq.queue.as_str().into()),
+            ),
+        ],
+    )
+}
+
+/// Declare the exchange, the role's queue with its bindings, its retry queues and its
+/// dead-letter queue. Idempotent: run on every connect.
+pub(crate) async fn declare(channel: &Channel, mq: &MqSettings) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        // Survive a broker restart, with the persistent messages in them.
+        durable: true,
+        ..Default::default()
+    };
+    declare_exchange(channel, mq).await?;
+    channel
+        .queue_declare(mq.queue.as_str().into(), durable, main_queue_args(mq))
+        .await?;
+    for key in &mq.bindings {
+        channel
+            .queue_bind(
+                mq.queue.as_str().into(),
+                mq.exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for delay in &mq.retry_delays {
+        channel
+            .queue_declare(
+                retry_queue(&mq.queue, *delay).as_str().into(),
+                durable,
+                retry_queue_args(mq, *delay),
+            )
+            .await?;
+    }
+    channel
+        .queue_declare(
+            dead_letter_queue(&mq.queue).as_str().into(),
+            durable,
+            queue_args(mq.queue_type, &[]),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A temporary tap on the exchange: an exclusive, auto-deleted queue bound to `bindings`,
+/// consumed without acks. It disappears with its channel. Used by `events tail`, `walk` and
+/// `bench` to watch the bus without disturbing any service's queue.
+pub async fn tap(
+    channel: &Channel,
+    exchange: &str,
+    bindings: &[&str],
+) -> lapin::Result<lapin::Consumer> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for key in bindings {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}

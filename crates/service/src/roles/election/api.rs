@@ -1,0 +1,106 @@
+//! Election routes (docs/architecture.md §4).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::store::{self, Election};
+use crate::domain::ElectionStatus;
+use crate::http::{page, text_field, ApiError, ApiJson, ApiQuery, AppState, User};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/elections", get(list))
+        .route("/elections/{id}", get(get_one))
+        .route("/elections/{id}/nominations", post(nominate))
+}
+
+#[derive(Deserialize)]
+struct Filter {
+    meeting_id: Option<String>,
+    agenda_item_id: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Nomination {
+    candidate: String,
+}
+
+async fn view(db: impl sqlx::SqliteExecutor<'_>, e: Election) -> Result<Value, ApiError> {
+    let candidates = store::candidates(db, &e.id).await?;
+    Ok(json!({
+        "id": e.id,
+        "meeting_id": e.meeting_id,
+        "agenda_item_id": e.agenda_item_id,
+        "title": e.title,
+        "status": e.status,
+        "candidates": candidates,
+        "result": e.result,
+        "created_at": e.created_at,
+        "updated_at": e.updated_at,
+    }))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(f): ApiQuery<Filter>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let (limit, offset) = page(f.limit, f.offset)?;
+    let elections = store::list(
+        &state.pool,
+        f.meeting_id.as_deref(),
+        f.agenda_item_id.as_deref(),
+        limit,
+        offset,
+    )
+    .await?;
+    let mut out = Vec::with_capacity(elections.len());
+    for e in elections {
+        out.push(view(&state.pool, e).await?);
+    }
+    Ok(Json(out))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let e = store::by_id(&state.pool, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no election {id}")))?;
+    Ok(Json(view(&state.pool, e).await?))
+}
+
+async fn nominate(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Nomination>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut tx = crate::store::begin(&state.pool).await?;
+    let e = store::by_id(&mut *tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no election {id}")))?;
+    if e.status != ElectionStatus::Nominating {
+        return Err(ApiError::Conflict(format!(
+            "election {id} is {}; nominations are closed",
+            e.status
+        )));
+    }
+    let candidate = text_field("candidate", &body.candidate, 100)?;
+    if !store::nominate(&mut tx, &id, &candidate, &user.0).await? {
+        return Err(ApiError::Conflict(format!(
+            "{candidate} is already nominated"
+        )));
+    }
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"election_id": id, "candidate": candidate, "nominated_by": user.0})),
+    ))
+}

@@ -1,0 +1,30 @@
+//! The election service: opens nominations when the meeting asks, hands the candidates to
+//! the voting service, and turns the ballot's tally into a result.
+
+mod api;
+mod handlers;
+mod store;
+
+use sqlx::migrate::Migrator;
+
+use super::RoleDef;
+use crate::events::EventType;
+
+/// The election role's definition.
+pub static ROLE: RoleDef = RoleDef {
+    name: "election",
+    about: "Run the election service: nominations, and the result of each ballot",
+    default_port: 8082,
+    consumes: &[
+        EventType::ElectionCreate,
+        EventType::ElectionStart,
+        EventType::VotingCompleted,
+    ],
+    publishes: &[EventType::VotingCreate, EventType::ElectionFinalized],
+    router: api::router,
+    handler: || Box::new(handlers::Handler),
+    migrations: &[&super::COMMON, &MIGRATIONS],
+};
+
+/// This role's tables (versions 100 and up).
+static MIGRATIONS: Migrator = sqlx::migrate!("./src/roles/election/migrations");

@@ -1,0 +1,136 @@
+//! Election tables: `elections` and `nominations`.
+
+use serde::Serialize;
+use sqlx::{SqliteConnection, SqlitePool};
+
+use crate::domain::ElectionStatus;
+use crate::envelope::now_rfc3339;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub(super) struct Election {
+    pub id: String,
+    pub meeting_id: String,
+    pub agenda_item_id: String,
+    pub title: String,
+    pub status: ElectionStatus,
+    #[sqlx(json(nullable))]
+    pub result: Option<serde_json::Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub(super) async fn by_id(
+    db: impl sqlx::SqliteExecutor<'_>,
+    id: &str,
+) -> sqlx::Result<Option<Election>> {
+    sqlx::query_as("SELECT * FROM elections WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub(super) async fn by_item(
+    db: impl sqlx::SqliteExecutor<'_>,
+    meeting_id: &str,
+    item_id: &str,
+) -> sqlx::Result<Option<Election>> {
+    sqlx::query_as("SELECT * FROM elections WHERE meeting_id = ? AND agenda_item_id = ?")
+        .bind(meeting_id)
+        .bind(item_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// Elections, filtered by the given fields.
+pub(super) async fn list(
+    pool: &SqlitePool,
+    meeting_id: Option<&str>,
+    agenda_item_id: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<Election>> {
+    sqlx::query_as(
+        "SELECT * FROM elections
+         WHERE (?1 IS NULL OR meeting_id = ?1) AND (?2 IS NULL OR agenda_item_id = ?2)
+         ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
+    )
+    .bind(meeting_id)
+    .bind(agenda_item_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}
+
+/// Insert a new election in `nominating`; `false` when the item already has one.
+pub(super) async fn insert(
+    tx: &mut SqliteConnection,
+    id: &str,
+    meeting_id: &str,
+    item_id: &str,
+    title: &str,
+) -> sqlx::Result<bool> {
+    let now = now_rfc3339();
+    let r = sqlx::query(
+        "INSERT INTO elections (id, meeting_id, agenda_item_id, title, status, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meeting_id, agenda_item_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(meeting_id)
+    .bind(item_id)
+    .bind(title)
+    .bind(ElectionStatus::Nominating)
+    .bind(&now)
+    .bind(&now)
+    .execute(tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub(super) async fn set_status(
+    tx: &mut SqliteConnection,
+    id: &str,
+    status: ElectionStatus,
+    result: Option<&serde_json::Value>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE elections SET status = ?, result = COALESCE(?, result), updated_at = ? WHERE id = ?")
+        .bind(status)
+        .bind(result.map(|r| r.to_string()))
+        .bind(now_rfc3339())
+        .bind(id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Candidates in nomination order.
+pub(super) async fn candidates(
+    db: impl sqlx::SqliteExecutor<'_>,
+    election_id: &str,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT candidate FROM nominations WHERE election_id = ? ORDER BY position")
+        .bind(election_id)
+        .fetch_all(db)
+        .await
+}
+
+/// Add a nomination; `false` when the candidate already stands.
+pub(super) async fn nominate(
+    tx: &mut SqliteConnection,
+    election_id: &str,
+    candidate: &str,
+    by: &str,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO nominations (election_id, candidate, nominated_by, position, created_at)
+         VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(position), 0) + 1 FROM nominations WHERE election_id = ?1), ?4)
+         ON CONFLICT (election_id, candidate) DO NOTHING",
+    )
+    .bind(election_id)
+    .bind(candidate)
+    .bind(by)
+    .bind(now_rfc3339())
+    .execute(tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}

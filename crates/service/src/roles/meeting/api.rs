@@ -1,0 +1,249 @@
+//! Meeting routes (docs/architecture.md §4).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::store::{self, AgendaItem, Meeting};
+use crate::domain::{ItemKind, ItemStatus};
+use crate::envelope::now_rfc3339;
+use crate::events::{ElectionCreate, ElectionStart, Event, MeetingCreated};
+use crate::http::{page, text_field, ApiError, ApiJson, ApiQuery, AppState, User};
+use crate::roles::grants;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/meetings", post(create_meeting).get(list_meetings))
+        .route("/meetings/{id}", get(get_meeting))
+        .route("/meetings/{id}/agenda-items", post(add_item))
+        .route(
+            "/meetings/{id}/agenda-items/{item_id}/open",
+            post(open_item),
+        )
+        .route(
+            "/meetings/{id}/agenda-items/{item_id}/start-election",
+            post(start_election),
+        )
+}
+
+#[derive(Deserialize)]
+struct NewMeeting {
+    title: String,
+}
+
+#[derive(Deserialize)]
+struct NewItem {
+    title: String,
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct Paging {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+/// The meeting with its agenda and the managers known here.
+async fn view(state: &AppState, meeting: Meeting) -> Result<Value, ApiError> {
+    let agenda = store::agenda(&state.pool, &meeting.id).await?;
+    let managers = grants::managers(&state.pool, &meeting.id).await?;
+    Ok(json!({
+        "id": meeting.id,
+        "title": meeting.title,
+        "created_by": meeting.created_by,
+        "created_at": meeting.created_at,
+        "current_item_id": meeting.current_item_id,
+        "managers": managers,
+        "agenda": agenda,
+    }))
+}
+
+async fn find_meeting(state: &AppState, id: &str) -> Result<Meeting, ApiError> {
+    store::meeting(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no meeting {id}")))
+}
+
+/// The meeting, checked to exist and to be managed by `user`.
+async fn managed_meeting(state: &AppState, id: &str, user: &User) -> Result<Meeting, ApiError> {
+    let meeting = find_meeting(state, id).await?;
+    grants::require_manager(&state.pool, id, &user.0).await?;
+    Ok(meeting)
+}
+
+async fn create_meeting(
+    State(state): State<AppState>,
+    user: User,
+    ApiJson(body): ApiJson<NewMeeting>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let meeting = Meeting {
+        id: Uuid::new_v4().to_string(),
+        title: text_field("title", &body.title, 200)?,
+        created_by: user.0,
+        created_at: now_rfc3339(),
+        current_item_id: None,
+    };
+    let mut work = state.outbox.begin().await?;
+    store::insert_meeting(&mut work, &meeting).await?;
+    work.emit(Event::MeetingCreated(MeetingCreated {
+        meeting_id: meeting.id.clone(),
+        title: meeting.title.clone(),
+        created_by: meeting.created_by.clone(),
+    }))
+    .await?;
+    work.commit().await?;
+    // New: no agenda yet, and the creator's grant is still on its way back.
+    let body = json!({
+        "id": meeting.id,
+        "title": meeting.title,
+        "created_by": meeting.created_by,
+        "created_at": meeting.created_at,
+        "current_item_id": null,
+        "managers": [],
+        "agenda": [],
+    });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn list_meetings(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<Json<Vec<Meeting>>, ApiError> {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    Ok(Json(
+        store::list_meetings(&state.pool, limit, offset).await?,
+    ))
+}
+
+async fn get_meeting(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let meeting = find_meeting(&state, &id).await?;
+    Ok(Json(view(&state, meeting).await?))
+}
+
+async fn add_item(
+    State(state): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NewItem>,
+) -> Result<(StatusCode, Json<AgendaItem>), ApiError> {
+    managed_meeting(&state, &id, &user).await?;
+    let title = text_field("title", &body.title, 200)?;
+    let kind: ItemKind = body.kind.parse().map_err(|e: crate::domain::UnknownWord| {
+        ApiError::Invalid(format!("kind must be {}, not {:?}", e.choices(), body.kind))
+    })?;
+    let item_id = Uuid::new_v4().to_string();
+    let mut tx = crate::store::begin(&state.pool).await?;
+    store::insert_item(
+        &mut tx,
+        &AgendaItem {
+            id: item_id.clone(),
+            meeting_id: id.clone(),
+            position: 0,
+            title,
+            kind,
+            status: ItemStatus::Pending,
+            election_id: None,
+            result: None,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let item = store::item(&state.pool, &id, &item_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal("agenda item vanished after insert".into()))?;
+    Ok((StatusCode::CREATED, Json(item)))
+}
+
+async fn find_item(
+    db: impl sqlx::SqliteExecutor<'_>,
+    meeting_id: &str,
+    item_id: &str,
+) -> Result<AgendaItem, ApiError> {
+    store::item(db, meeting_id, item_id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("no agenda item {item_id} in meeting {meeting_id}"))
+    })
+}
+
+/// Make an item the current one. The previous current item, if a discussion, is done; an
+/// election still running blocks the move.
+async fn open_item(
+    State(state): State<AppState>,
+    user: User,
+    Path((id, item_id)): Path<(String, String)>,
+) -> Result<Json<AgendaItem>, ApiError> {
+    managed_meeting(&state, &id, &user).await?;
+    let mut tx = state.outbox.begin().await?;
+    // Read again under the write lock: the checks and the change see the same state.
+    let meeting = store::meeting(&mut *tx, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no meeting {id}")))?;
+    let item = find_item(&mut *tx, &id, &item_id).await?;
+    if item.status != ItemStatus::Pending {
+        return Err(ApiError::Conflict(format!(
+            "agenda item {item_id} is {}, only a pending item can be opened",
+            item.status
+        )));
+    }
+    if let Some(current_id) = meeting.current_item_id.as_deref() {
+        let current = find_item(&mut *tx, &id, current_id).await?;
+        if current.kind == ItemKind::Election && current.status != ItemStatus::Done {
+            return Err(ApiError::Conflict(format!(
+                "election item {current_id} is still {}; it must finish before another item opens",
+                current.status
+            )));
+        }
+        if current.status != ItemStatus::Done {
+            store::set_item_status(&mut tx, current_id, ItemStatus::Done).await?;
+        }
+    }
+    store::set_item_status(&mut tx, &item_id, ItemStatus::Open).await?;
+    store::set_current_item(&mut tx, &id, Some(&item_id)).await?;
+    if item.kind == ItemKind::Election {
+        tx.emit(Event::ElectionCreate(ElectionCreate {
+            meeting_id: id.clone(),
+            agenda_item_id: item_id.clone(),
+            title: item.title.clone(),
+        }))
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(find_item(&state.pool, &id, &item_id).await?))
+}
+
+/// Close nominations and start the vote of the open election item.
+async fn start_election(
+    State(state): State<AppState>,
+    user: User,
+    Path((id, item_id)): Path<(String, String)>,
+) -> Result<Json<AgendaItem>, ApiError> {
+    managed_meeting(&state, &id, &user).await?;
+    let mut tx = state.outbox.begin().await?;
+    let item = find_item(&mut *tx, &id, &item_id).await?;
+    if item.kind != ItemKind::Election {
+        return Err(ApiError::Conflict(format!(
+            "agenda item {item_id} is a {}, not an election",
+            item.kind
+        )));
+    }
+    if item.status != ItemStatus::Open {
+        return Err(ApiError::Conflict(format!(
+            "election item {item_id} is {}; only an open election can start",
+            item.status
+        )));
+    }
+    store::set_item_status(&mut tx, &item_id, ItemStatus::Voting).await?;
+    tx.emit(Event::ElectionStart(ElectionStart {
+        meeting_id: id.clone(),
+        agenda_item_id: item_id.clone(),
+    }))
+    .await?;
+    tx.commit().await?;
+    Ok(Json(find_item(&state.pool, &id, &item_id).await?))
+}

@@ -1,0 +1,26 @@
+//! The permission service: the source of truth for who manages a meeting. It grants
+//! `manager` to a meeting's creator and publishes every grant and revocation.
+
+mod api;
+mod handlers;
+mod store;
+
+use sqlx::migrate::Migrator;
+
+use super::RoleDef;
+use crate::events::EventType;
+
+/// The permission role's definition.
+pub static ROLE: RoleDef = RoleDef {
+    name: "permission",
+    about: "Run the permission service: who manages each meeting",
+    default_port: 8084,
+    consumes: &[EventType::MeetingCreated],
+    publishes: &[EventType::PermissionGranted, EventType::PermissionRevoked],
+    router: api::router,
+    handler: || Box::new(handlers::Handler),
+    migrations: &[&super::COMMON, &MIGRATIONS],
+};
+
+/// This role's tables (versions 100 and up).
+static MIGRATIONS: Migrator = sqlx::migrate!("./src/roles/permission/migrations");

@@ -1,0 +1,96 @@
+//! The runner: wires one role to the shared parts — store, broker connection, consumer,
+//! outbox relay and HTTP server — and stops them in order (docs/architecture.md §6).
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::http::{self, AppState, Auth};
+use crate::messaging::consumer::Consumer;
+use crate::messaging::outbox::{self, Outbox};
+use crate::messaging::Broker;
+
+/// Run the role of `settings` until `shutdown` is cancelled, serving HTTP on `listener`.
+pub(crate) async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let role = settings.role;
+    let service = settings.mq.service_name.clone();
+    // Install the recorder before anything records: metrics sent earlier would be lost.
+    crate::telemetry::prometheus();
+    let auth = Auth::new(settings.jwt_secret()?);
+    let pool = crate::store::open(&settings.database_url, role).await?;
+
+    // Two stages: intake (HTTP and consumer) stops first; the relay and the connection
+    // stay up until what intake committed has been flushed.
+    let intake = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let broker = Broker::start(settings.mq.clone(), drain.clone());
+    let outbox = Outbox::new(&service, pool.clone());
+    let consumer = tokio::spawn(
+        Consumer {
+            broker: broker.clone(),
+            outbox: outbox.clone(),
+            handler: Arc::from((role.handler)()),
+        }
+        .run(intake.clone()),
+    );
+    let relay = tokio::spawn(outbox::run_relay(
+        broker.clone(),
+        outbox.clone(),
+        drain.clone(),
+        settings.shutdown_grace,
+    ));
+    let state = AppState {
+        service: service.clone().into(),
+        pool: pool.clone(),
+        broker: broker.clone(),
+        auth: Arc::new(auth),
+        outbox,
+    };
+    let app = http::app(state, (role.router)(), &settings.cors_allowed_origins);
+    let addr = listener.local_addr()?;
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(intake.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(%service, %addr, queue = %settings.mq.queue, exchange = %settings.mq.exchange, "serving");
+
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        r = &mut server => {
+            let why = match r { Ok(Ok(())) => "HTTP server stopped".to_string(), Ok(Err(e)) => format!("HTTP server failed: {e}"), Err(e) => format!("HTTP server task failed: {e}") };
+            tracing::error!(%service, why, "stopping");
+            failure = Some(why);
+        }
+    }
+    intake.cancel();
+    let bound = settings.shutdown_grace;
+    if tokio::time::timeout(bound, async {
+        let _ = (&mut server).await;
+        let _ = consumer.await;
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(%service, "requests or deliveries still in hand after {bound:?}; stopping anyway");
+        server.abort();
+    }
+    drain.cancel();
+    let _ = tokio::time::timeout(bound + Duration::from_secs(1), relay).await;
+    broker.close().await;
+    pool.close().await;
+    tracing::info!(%service, "stopped");
+    match failure {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
+}

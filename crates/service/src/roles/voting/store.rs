@@ -1,0 +1,127 @@
+//! Voting tables: `ballots` and `votes`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{SqliteConnection, SqlitePool};
+
+use crate::domain::BallotStatus;
+use crate::envelope::now_rfc3339;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub(super) struct Ballot {
+    pub id: String,
+    pub election_id: String,
+    pub meeting_id: String,
+    pub agenda_item_id: String,
+    #[sqlx(json)]
+    pub options: Vec<String>,
+    pub status: BallotStatus,
+    #[sqlx(json(nullable))]
+    pub tally: Option<BTreeMap<String, u64>>,
+    pub created_at: String,
+    pub closed_at: Option<String>,
+}
+
+pub(super) async fn by_id(
+    db: impl sqlx::SqliteExecutor<'_>,
+    id: &str,
+) -> sqlx::Result<Option<Ballot>> {
+    sqlx::query_as("SELECT * FROM ballots WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub(super) async fn list(
+    pool: &SqlitePool,
+    election_id: Option<&str>,
+    meeting_id: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<Ballot>> {
+    sqlx::query_as(
+        "SELECT * FROM ballots
+         WHERE (?1 IS NULL OR election_id = ?1) AND (?2 IS NULL OR meeting_id = ?2)
+         ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
+    )
+    .bind(election_id)
+    .bind(meeting_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await
+}
+
+/// Open a ballot for an election; `false` when it already has one.
+pub(super) async fn insert(tx: &mut SqliteConnection, b: &Ballot) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO ballots (id, election_id, meeting_id, agenda_item_id, options, status, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (election_id) DO NOTHING",
+    )
+    .bind(&b.id)
+    .bind(&b.election_id)
+    .bind(&b.meeting_id)
+    .bind(&b.agenda_item_id)
+    .bind(serde_json::to_string(&b.options).unwrap_or_else(|_| "[]".into()))
+    .bind(b.status)
+    .bind(&b.created_at)
+    .execute(tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub(super) async fn votes_cast(
+    db: impl sqlx::SqliteExecutor<'_>,
+    ballot_id: &str,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM votes WHERE ballot_id = ?")
+        .bind(ballot_id)
+        .fetch_one(db)
+        .await
+}
+
+/// Record a vote; `false` when the user has voted already.
+pub(super) async fn cast(
+    tx: &mut SqliteConnection,
+    ballot_id: &str,
+    user: &str,
+    choice: &str,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO votes (ballot_id, user_id, choice, cast_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (ballot_id, user_id) DO NOTHING",
+    )
+    .bind(ballot_id)
+    .bind(user)
+    .bind(choice)
+    .bind(now_rfc3339())
+    .execute(tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Count the votes (every option present, zero included) and close the ballot.
+pub(super) async fn close(
+    tx: &mut SqliteConnection,
+    ballot: &Ballot,
+) -> sqlx::Result<(BTreeMap<String, u64>, u64)> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT choice, COUNT(*) FROM votes WHERE ballot_id = ? GROUP BY choice")
+            .bind(&ballot.id)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut tally: BTreeMap<String, u64> = ballot.options.iter().map(|o| (o.clone(), 0)).collect();
+    for (choice, n) in rows {
+        tally.insert(choice, n as u64);
+    }
+    let cast = tally.values().sum();
+    sqlx::query("UPDATE ballots SET status = ?, tally = ?, closed_at = ? WHERE id = ?")
+        .bind(BallotStatus::Closed)
+        .bind(serde_json::to_string(&tally).unwrap_or_else(|_| "{}".into()))
+        .bind(now_rfc3339())
+        .bind(&ballot.id)
+        .execute(&mut *tx)
+        .await?;
+    Ok((tally, cast))
+}

@@ -1,0 +1,124 @@
+//! Logs (readable by default, JSON with `LOG_FORMAT=json`; level from `RUST_LOG`) and the
+//! process-wide Prometheus recorder.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Install the log subscriber once. `default_level` applies when `RUST_LOG` is unset.
+pub fn init_logs(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The process's Prometheus recorder, installed on first use.
+pub(crate) fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("duration_seconds".into()),
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            )
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; then ours just renders nothing.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+/// HELP text and units of every metric the services emit.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "events_published_total",
+        "Events published to the exchange and confirmed by the broker, by event type."
+    );
+    describe_counter!("events_unroutable_total", "Publishes the broker returned because no queue is bound for them; they stay in the outbox.");
+    describe_counter!(
+        "events_consumed_total",
+        "Events taken off the queue, by event type and outcome (applied or duplicate)."
+    );
+    describe_counter!(
+        "events_failed_total",
+        "Handler failures, by event type (each attempt counts)."
+    );
+    describe_counter!(
+        "events_retried_total",
+        "Events sent to a retry queue to be tried again after a delay."
+    );
+    describe_counter!(
+        "events_parked_total",
+        "Messages parked in the dead-letter queue, by event type and reason."
+    );
+    describe_histogram!(
+        "event_handler_duration_seconds",
+        Unit::Seconds,
+        "Time to apply one event, store transaction included."
+    );
+    describe_gauge!(
+        "outbox_backlog",
+        "Events committed but not yet confirmed by the broker."
+    );
+    describe_gauge!(
+        "outbox_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest event waiting in the outbox."
+    );
+    describe_gauge!(
+        "broker_connected",
+        "1 while the service holds a live broker connection, else 0."
+    );
+    describe_gauge!(
+        "consumer_attached",
+        "1 while the service's consumer is attached to its queue, else 0."
+    );
+    describe_gauge!(
+        "dead_letter_queue_messages",
+        "Messages waiting in the service's dead-letter queue."
+    );
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests, by method, route and status."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency, by method and route."
+    );
+}
+
+/// An error followed by its sources, `outer: inner: root`, for logs: a store or broker
+/// error keeps its cause all the way to the log line.
+pub(crate) struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
