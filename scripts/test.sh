@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The wire-compatibility test runs the seed's own Python helper.
+# The wire-compatibility test runs the Python mq.py helper.
 if ! python3 -c 'import pika' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check pika==1.3.2
 fi

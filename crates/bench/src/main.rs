@@ -140,13 +140,20 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // load affects both sides alike.
     let mut raw_rate = None;
     if want("publish") || want("chain") || want("relay") || want("per-publish") {
-        let r1 = raw_lapin(&conn, &mq, &sample, args.messages, args.window).await?;
+        let run = PublishRun {
+            conn: &conn,
+            mq: &mq,
+            env: &sample,
+            n: args.messages,
+            window: args.window,
+        };
+        let r1 = raw_lapin(&run).await?;
         let ours = if want("publish") {
-            Some(our_publisher(&conn, &mq, &sample, args.messages, args.window).await?)
+            Some(our_publisher(&run).await?)
         } else {
             None
         };
-        let r2 = raw_lapin(&conn, &mq, &sample, args.messages, args.window).await?;
+        let r2 = raw_lapin(&run).await?;
         let raw = (r1 + r2) / 2.0;
         raw_rate = Some(raw);
         rows.push(Row {
@@ -306,28 +313,36 @@ fn sample_properties(env: &Envelope) -> BasicProperties {
     )
 }
 
-/// Raw lapin: the same body and properties, built once; persistent + mandatory, `window`
-/// confirms in flight, confirms not inspected.
-async fn raw_lapin(
-    conn: &Connection,
-    mq: &MqSettings,
-    env: &Envelope,
+/// The inputs of a publish benchmark, the same for raw lapin and ours.
+struct PublishRun<'a> {
+    conn: &'a Connection,
+    mq: &'a MqSettings,
+    env: &'a Envelope,
     n: usize,
     window: usize,
-) -> anyhow::Result<f64> {
+}
+
+async fn confirm_channel(conn: &Connection) -> anyhow::Result<Channel> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let body = env.to_bytes();
-    let props = sample_properties(env);
+    Ok(ch)
+}
+
+/// Raw lapin: the same body and properties, built once; persistent + mandatory, `window`
+/// confirms in flight, confirms not inspected.
+async fn raw_lapin(run: &PublishRun<'_>) -> anyhow::Result<f64> {
+    let ch = confirm_channel(run.conn).await?;
+    let body = run.env.to_bytes();
+    let props = sample_properties(run.env);
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
-    for _ in 0..n {
-        if inflight.len() >= window {
+    for _ in 0..run.n {
+        if inflight.len() >= run.window {
             inflight.next().await.context("confirm")??;
         }
         let confirm = ch
             .basic_publish(
-                mq.exchange.as_str().into(),
+                run.mq.exchange.as_str().into(),
                 "meeting.created".into(),
                 BasicPublishOptions {
                     mandatory: true,
@@ -342,7 +357,7 @@ async fn raw_lapin(
     while let Some(c) = inflight.next().await {
         c?;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = run.n as f64 / started.elapsed().as_secs_f64();
     let _ = ch.close(200, "done".into()).await;
     Ok(rate)
 }
@@ -350,28 +365,21 @@ async fn raw_lapin(
 /// Ours, per message as the relay does per outbox row: the envelope's AMQP properties built
 /// from its fields, `publisher::send` (persistent, mandatory) and the confirm classified as
 /// routed, unroutable or refused. Same body, same window.
-async fn our_publisher(
-    conn: &Connection,
-    mq: &MqSettings,
-    env: &Envelope,
-    n: usize,
-    window: usize,
-) -> anyhow::Result<f64> {
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let body = env.to_bytes();
+async fn our_publisher(run: &PublishRun<'_>) -> anyhow::Result<f64> {
+    let ch = confirm_channel(run.conn).await?;
+    let body = run.env.to_bytes();
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
-    for _ in 0..n {
-        if inflight.len() >= window {
+    for _ in 0..run.n {
+        if inflight.len() >= run.window {
             check(inflight.next().await.context("confirm")??)?;
         }
         let confirm = publisher::send(
             &ch,
-            &mq.exchange,
-            &env.event_type,
+            &run.mq.exchange,
+            &run.env.event_type,
             &body,
-            sample_properties(env),
+            sample_properties(run.env),
         )
         .await?;
         inflight.push(publisher::confirmed(confirm));
@@ -379,7 +387,7 @@ async fn our_publisher(
     while let Some(c) = inflight.next().await {
         check(c?)?;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let rate = run.n as f64 / started.elapsed().as_secs_f64();
     let _ = ch.close(200, "done".into()).await;
     Ok(rate)
 }
@@ -397,7 +405,7 @@ fn check(p: Published) -> anyhow::Result<()> {
 async fn relay(base: &Settings, conn: &Connection, tag: &str, n: usize) -> anyhow::Result<f64> {
     let dir = tempdir(&format!("{tag}-relay"))?;
     // A first start creates and migrates the store; the role is stopped before the rows go in.
-    drop(spawn_role(base, &MEETING, &format!("{tag}-relay"), &dir).await?);
+    drop(spawn_role(base, &MEETING, tag, &dir).await?);
     let url = format!("sqlite://{}/{}.db", dir.display(), MEETING.name);
     let pool = sqlx::SqlitePool::connect(&url).await?;
     let mut tx = pool.begin().await?;
@@ -420,7 +428,7 @@ async fn relay(base: &Settings, conn: &Connection, tag: &str, n: usize) -> anyho
 
     let ch = conn.create_channel().await?;
     let mut tap = topology::tap(&ch, &format!("{tag}-events"), &["meeting.created"]).await?;
-    let role = spawn_role(base, &MEETING, &format!("{tag}-relay"), &dir).await?;
+    let role = spawn_role(base, &MEETING, tag, &dir).await?;
     let mut first = None;
     let mut seen = 0;
     while seen < n {

@@ -215,4 +215,23 @@ mod tests {
         let err = Event::from_parts("meeting.deleted", &Value::Null).unwrap_err();
         assert_eq!(err, DecodeError::UnknownType("meeting.deleted".into()));
     }
+
+    #[test]
+    fn the_readme_event_table_follows_the_catalogue() {
+        let readme = include_str!("../../../README.md");
+        for t in EventType::ALL {
+            let start = format!("| `{}` |", t.routing_key());
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&start))
+                .unwrap_or_else(|| panic!("README.md has no row for {t}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let names =
+                |roles: Vec<Role>| roles.iter().map(|r| r.name).collect::<Vec<_>>().join(", ");
+            let mut consumers: Vec<Role> = t.consumers().collect();
+            consumers.sort_by_key(|r| r.name);
+            assert_eq!(cells[2], names(t.producers().collect()), "producer of {t}");
+            assert_eq!(cells[3], names(consumers), "consumers of {t}");
+        }
+    }
 }

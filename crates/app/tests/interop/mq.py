@@ -1,4 +1,5 @@
-# The seed's helper, verbatim from the user's integration guide (section 4.2).
+# mq.py, the Python helper our users' first services were built on, kept verbatim: the
+# wire format of docs/architecture.md §3 must stay compatible with it.
 import os, json, uuid
 from datetime import datetime, timezone
 import pika

@@ -1,9 +1,10 @@
-"""A Python service built on the seed's own mq.py, for the wire-compatibility test.
+"""A Python service built on mq.py (the helper our users started from), for the
+wire-compatibility test.
 
     peer.py publish ROUTING_KEY DATA_JSON        publish_event(ROUTING_KEY, DATA)
     peer.py consume QUEUE BINDING COUNT TIMEOUT  print COUNT events (JSON lines) then exit
 
-AMQP_URL, MQ_EXCHANGE and SERVICE_NAME come from the environment, as the guide says.
+AMQP_URL, MQ_EXCHANGE and SERVICE_NAME come from the environment, as mq.py expects.
 """
 import json
 import queue

@@ -1,4 +1,5 @@
-//! Wire compatibility with the seed's Python `mq.py` (pika 1.3.2), both ways.
+//! Wire compatibility with the Python `mq.py` helper (pika 1.3.2), both ways
+//! (docs/architecture.md §3).
 
 use std::process::Command;
 use std::time::Duration;
@@ -21,7 +22,7 @@ fn python(amqp_url: &str, exchange: &str, service: &str, args: &[&str]) -> std::
 }
 
 #[tokio::test]
-async fn our_events_reach_a_consumer_built_on_the_seed_helper() {
+async fn our_events_reach_a_consumer_built_on_mq_py() {
     let ctx = Ctx::new();
     let meeting = Running::spawn(&ctx, &MEETING).await;
     // The Python service's queue, declared exactly as mq.py declares it, so nothing is
@@ -69,7 +70,7 @@ async fn our_events_reach_a_consumer_built_on_the_seed_helper() {
 }
 
 #[tokio::test]
-async fn the_seed_helpers_publish_event_drives_our_election_service() {
+async fn mq_py_publish_event_drives_our_election_service() {
     let ctx = Ctx::new();
     let election = Running::spawn(&ctx, &ELECTION).await;
     let data = json!({"meeting_id": "py-meeting", "agenda_item_id": "py-item", "title": "Chair (from Python)"}).to_string();
@@ -96,7 +97,7 @@ async fn the_seed_helpers_publish_event_drives_our_election_service() {
     assert_eq!(e["title"], "Chair (from Python)");
     assert_eq!(e["agenda_item_id"], "py-item");
 
-    // And the seed's start event moves it on (no candidates → cancelled).
+    // And mq.py's start event moves it on (no candidates → cancelled).
     let start = json!({"meeting_id": "py-meeting", "agenda_item_id": "py-item"}).to_string();
     assert!(python(
         &ctx.amqp_url,

@@ -72,7 +72,7 @@ pub(crate) fn app(state: AppState, api: Router<AppState>, cors_origins: &[String
     router
 }
 
-/// `200 {"status":"ok"}` while the process lives (the seed's probe).
+/// `200 {"status":"ok"}` while the process lives (the liveness probe).
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }

@@ -1,5 +1,5 @@
-//! The consumer loop: one delivery at a time, applied in a store transaction together with
-//! its inbox record, acked only after that transaction committed.
+//! The consumer loop (docs/architecture.md §5): deliveries applied in a unit of work together
+//! with their inbox records, acked only after it committed.
 //!
 //! A failing handler is retried through the broker-held wait queues (`MQ_RETRY_DELAYS`);
 //! after the last delay, or at once when the message can never succeed, it is parked in the
@@ -7,10 +7,9 @@
 //! original is acked, so nothing is dropped on the way.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -53,24 +52,20 @@ impl HandleError {
 
 /// A role's business logic for the events it consumes.
 ///
-/// `handle` runs inside the unit of work that also records the event in the inbox; it
-/// writes the role's tables through `work` and emits the events it causes with
-/// [`Work::emit`], which links them to `envelope`.
-#[async_trait]
-pub(crate) trait EventHandler: Send + Sync + 'static {
-    async fn handle(
-        &self,
-        work: &mut Work,
-        envelope: &Envelope,
-        event: Event,
-    ) -> Result<(), HandleError>;
-}
+/// It runs inside the unit of work that also records the event in the inbox; it writes the
+/// role's tables through `work` and emits the events it causes with [`Work::emit`], which
+/// links them to the envelope being handled.
+pub(crate) type EventHandler =
+    for<'a> fn(&'a mut Work, &'a Envelope, Event) -> BoxFuture<'a, HandlerResult>;
+
+/// What an [`EventHandler`] returns.
+pub(crate) type HandlerResult = Result<(), HandleError>;
 
 /// Everything the consumer needs.
 pub(crate) struct Consumer {
     pub(crate) broker: Broker,
     pub(crate) outbox: Outbox,
-    pub(crate) handler: Arc<dyn EventHandler>,
+    pub(crate) handler: EventHandler,
 }
 
 /// Most deliveries applied in one store transaction.
@@ -100,7 +95,7 @@ fn decode(body: &[u8]) -> Result<(Envelope, Event), DecodeError> {
 
 impl Consumer {
     /// Consume until `shutdown`, re-attaching after every reconnect.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut sessions = self.broker.watch();
         while let Some(session) = self.broker.wait_session(&shutdown).await {
             match self.consume(&session, &shutdown).await {
@@ -357,7 +352,7 @@ impl Consumer {
                 continue;
             }
             work.caused_by(envelope);
-            AssertUnwindSafe(self.handler.handle(&mut work, envelope, event))
+            AssertUnwindSafe((self.handler)(&mut work, envelope, event))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(HandleError::Retry("handler panicked".into())))?;

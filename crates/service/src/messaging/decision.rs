@@ -28,7 +28,8 @@ pub enum ParkReason {
 }
 
 impl ParkReason {
-    /// Every reason, for tests and dashboards.
+    /// Every reason.
+    #[cfg(test)]
     pub const ALL: [ParkReason; 7] = [
         ParkReason::NotJson,
         ParkReason::NotEnvelope,

@@ -1,5 +1,5 @@
 //! The AMQP properties of our messages: the envelope mirrored into standard properties, and
-//! the `x-…` headers that carry retry and parking history.
+//! the `x-…` headers that carry retry and parking history (docs/architecture.md §5).
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -15,7 +15,7 @@ pub const PARKED_AT: &str = "x-parked-at";
 /// The service that parked it.
 pub const PARKED_BY: &str = "x-parked-by";
 
-/// Properties mirroring an envelope (design §3): JSON, persistent, ids and type.
+/// Properties mirroring an envelope (docs/architecture.md §3): JSON, persistent, ids and type.
 pub fn for_event(
     event_id: &str,
     event_type: &str,

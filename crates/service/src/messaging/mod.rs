@@ -4,7 +4,7 @@
 
 pub(crate) mod connection;
 pub(crate) mod consumer;
-pub mod decision;
+pub(crate) mod decision;
 pub mod headers;
 pub(crate) mod inbox;
 pub(crate) mod outbox;
@@ -12,6 +12,6 @@ pub mod publisher;
 pub mod topology;
 
 pub(crate) use connection::{Broker, Session};
-pub(crate) use consumer::{EventHandler, HandleError};
+pub(crate) use consumer::{EventHandler, HandleError, HandlerResult};
 pub(crate) use outbox::{Outbox, Work};
 pub use publisher::unix_seconds;

@@ -55,7 +55,7 @@ pub struct RoleDef {
     /// The role's routes (auth, probes and fallbacks are added by [`crate::http::app`]).
     pub(crate) router: fn() -> Router<AppState>,
     /// The role's event handler.
-    pub(crate) handler: fn() -> Box<dyn EventHandler>,
+    pub(crate) handler: EventHandler,
     /// Migration sets applied in order on start (each with its own version range).
     pub(crate) migrations: &'static [&'static Migrator],
 }

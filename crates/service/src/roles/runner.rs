@@ -37,7 +37,7 @@ pub(crate) async fn run(
         Consumer {
             broker: broker.clone(),
             outbox: outbox.clone(),
-            handler: Arc::from((role.handler)()),
+            handler: role.handler,
         }
         .run(intake.clone()),
     );

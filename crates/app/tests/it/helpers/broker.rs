@@ -75,7 +75,7 @@ impl Bus {
     }
 
     /// A durable queue of the test's own, bound to `binding` before anything is published,
-    /// as the seed's `mq.py` declares its queues (durable, no arguments). It keeps every copy
+    /// as `mq.py` declares its queues (durable, no arguments). It keeps every copy
     /// that reached the broker, across broker restarts.
     pub async fn durable_queue(&self, name: &str, binding: &str) {
         self.channel

@@ -82,3 +82,23 @@ async fn respond(r: reqwest::Result<reqwest::Response>) -> (u16, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// One HTTP request, as data: for tests that run a table of requests.
+pub enum Req {
+    Get(String),
+    Post(String, Value),
+    /// A body sent as it is, labelled JSON.
+    PostRaw(String, &'static str),
+    Delete(String),
+}
+
+impl Client {
+    pub async fn send(&self, req: &Req) -> (u16, Value) {
+        match req {
+            Req::Get(url) => self.get(url).await,
+            Req::Post(url, body) => self.post(url, body.clone()).await,
+            Req::PostRaw(url, body) => self.post_raw(url, body).await,
+            Req::Delete(url) => self.delete(url).await,
+        }
+    }
+}

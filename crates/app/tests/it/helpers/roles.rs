@@ -42,16 +42,11 @@ impl Running {
     }
 
     pub async fn wait_ready(&self) {
-        let url = format!("{}/ready", self.base);
-        eventually(Duration::from_secs(20), || async {
-            reqwest::get(&url)
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        })
-        .await
-        .unwrap_or_else(|| panic!("{} did not become ready", self.role));
+        assert!(
+            wait_ready_at(&self.base, Duration::from_secs(20)).await,
+            "{} did not become ready",
+            self.role
+        );
     }
 
     /// `/ready` answers 200 within `timeout`.

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -11,9 +10,7 @@ use super::store;
 use crate::domain::{ElectionStatus, Outcome};
 use crate::envelope::Envelope;
 use crate::events::{ElectionFinalized, Event, VotingCreate};
-use crate::messaging::{EventHandler, HandleError, Work};
-
-pub(super) struct Handler;
+use crate::messaging::{HandleError, HandlerResult, Work};
 
 /// Who won, from a tally: the candidates with the most votes (all of them on a tie).
 pub(super) fn decide(tally: &BTreeMap<String, u64>, votes_cast: u64) -> (Outcome, Vec<String>) {
@@ -34,96 +31,88 @@ pub(super) fn decide(tally: &BTreeMap<String, u64>, votes_cast: u64) -> (Outcome
     (outcome, winners)
 }
 
-#[async_trait]
-impl EventHandler for Handler {
-    async fn handle(
-        &self,
-        tx: &mut Work,
-        _envelope: &Envelope,
-        event: Event,
-    ) -> Result<(), HandleError> {
-        match event {
-            Event::ElectionCreate(c) => {
-                store::insert(
-                    tx,
-                    &Uuid::new_v4().to_string(),
-                    &c.meeting_id,
-                    &c.agenda_item_id,
-                    &c.title,
-                )
-                .await?;
-                Ok(())
+/// The election role's [`crate::messaging::EventHandler`]: runs an election from its create to its result.
+pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> HandlerResult {
+    match event {
+        Event::ElectionCreate(c) => {
+            store::insert(
+                tx,
+                &Uuid::new_v4().to_string(),
+                &c.meeting_id,
+                &c.agenda_item_id,
+                &c.title,
+            )
+            .await?;
+            Ok(())
+        }
+        Event::ElectionStart(s) => {
+            let Some(e) = store::by_item(&mut **tx, &s.meeting_id, &s.agenda_item_id).await? else {
+                // The start overtook its create: wait for it.
+                return Err(HandleError::Retry(format!(
+                    "no election for meeting {} item {} yet (agenda.election.create not seen)",
+                    s.meeting_id, s.agenda_item_id
+                )));
+            };
+            if e.status != ElectionStatus::Nominating {
+                return Ok(()); // already started
             }
-            Event::ElectionStart(s) => {
-                let Some(e) = store::by_item(&mut **tx, &s.meeting_id, &s.agenda_item_id).await?
-                else {
-                    // The start overtook its create: wait for it.
-                    return Err(HandleError::Retry(format!(
-                        "no election for meeting {} item {} yet (agenda.election.create not seen)",
-                        s.meeting_id, s.agenda_item_id
-                    )));
-                };
-                if e.status != ElectionStatus::Nominating {
-                    return Ok(()); // already started
-                }
-                let candidates = store::candidates(&mut **tx, &e.id).await?;
-                if candidates.is_empty() {
-                    let result = json!({"outcome": Outcome::Cancelled, "winners": [], "tally": {}});
-                    store::set_status(tx, &e.id, ElectionStatus::Cancelled, Some(&result)).await?;
-                    let done = ElectionFinalized {
-                        election_id: e.id,
-                        meeting_id: e.meeting_id,
-                        agenda_item_id: e.agenda_item_id,
-                        winners: vec![],
-                        tally: BTreeMap::new(),
-                        outcome: Outcome::Cancelled,
-                    };
-                    return Ok(tx.emit(Event::ElectionFinalized(done)).await?);
-                }
-                store::set_status(tx, &e.id, ElectionStatus::Voting, None).await?;
-                let create = VotingCreate {
-                    election_id: e.id,
-                    meeting_id: e.meeting_id,
-                    agenda_item_id: e.agenda_item_id,
-                    candidates,
-                };
-                Ok(tx.emit(Event::VotingCreate(create)).await?)
-            }
-            Event::VotingCompleted(v) => {
-                let Some(e) = store::by_id(&mut **tx, &v.election_id).await? else {
-                    return Err(HandleError::Retry(format!(
-                        "no election {} (yet)",
-                        v.election_id
-                    )));
-                };
-                match e.status {
-                    ElectionStatus::Voting => {}
-                    ElectionStatus::Finalized | ElectionStatus::Cancelled => return Ok(()),
-                    other @ ElectionStatus::Nominating => {
-                        return Err(HandleError::Reject(format!(
-                            "election {} is {other}, not voting",
-                            e.id
-                        )))
-                    }
-                }
-                let (outcome, winners) = decide(&v.tally, v.votes_cast);
-                let result = json!({"outcome": outcome, "winners": winners, "tally": v.tally, "votes_cast": v.votes_cast, "ballot_id": v.ballot_id});
-                store::set_status(tx, &e.id, ElectionStatus::Finalized, Some(&result)).await?;
+            let candidates = store::candidates(&mut **tx, &e.id).await?;
+            if candidates.is_empty() {
+                let result = json!({"outcome": Outcome::Cancelled, "winners": [], "tally": {}});
+                store::set_status(tx, &e.id, ElectionStatus::Cancelled, Some(&result)).await?;
                 let done = ElectionFinalized {
                     election_id: e.id,
                     meeting_id: e.meeting_id,
                     agenda_item_id: e.agenda_item_id,
-                    winners,
-                    tally: v.tally,
-                    outcome,
+                    winners: vec![],
+                    tally: BTreeMap::new(),
+                    outcome: Outcome::Cancelled,
                 };
-                Ok(tx.emit(Event::ElectionFinalized(done)).await?)
+                return Ok(tx.emit(Event::ElectionFinalized(done)).await?);
             }
-            other => Err(HandleError::Reject(format!(
-                "the election role does not handle {}",
-                other.event_type()
-            ))),
+            store::set_status(tx, &e.id, ElectionStatus::Voting, None).await?;
+            let create = VotingCreate {
+                election_id: e.id,
+                meeting_id: e.meeting_id,
+                agenda_item_id: e.agenda_item_id,
+                candidates,
+            };
+            Ok(tx.emit(Event::VotingCreate(create)).await?)
         }
+        Event::VotingCompleted(v) => {
+            let Some(e) = store::by_id(&mut **tx, &v.election_id).await? else {
+                return Err(HandleError::Retry(format!(
+                    "no election {} (yet)",
+                    v.election_id
+                )));
+            };
+            match e.status {
+                ElectionStatus::Voting => {}
+                ElectionStatus::Finalized | ElectionStatus::Cancelled => return Ok(()),
+                other @ ElectionStatus::Nominating => {
+                    return Err(HandleError::Reject(format!(
+                        "election {} is {other}, not voting",
+                        e.id
+                    )))
+                }
+            }
+            let (outcome, winners) = decide(&v.tally, v.votes_cast);
+            let result = json!({"outcome": outcome, "winners": winners, "tally": v.tally, "votes_cast": v.votes_cast, "ballot_id": v.ballot_id});
+            store::set_status(tx, &e.id, ElectionStatus::Finalized, Some(&result)).await?;
+            let done = ElectionFinalized {
+                election_id: e.id,
+                meeting_id: e.meeting_id,
+                agenda_item_id: e.agenda_item_id,
+                winners,
+                tally: v.tally,
+                outcome,
+            };
+            Ok(tx.emit(Event::ElectionFinalized(done)).await?)
+        }
+        other => Err(HandleError::Reject(format!(
+            "the election role does not handle {}",
+            other.event_type()
+        ))),
     }
 }
 

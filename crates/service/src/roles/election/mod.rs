@@ -22,7 +22,7 @@ pub static ROLE: RoleDef = RoleDef {
     ],
     publishes: &[EventType::VotingCreate, EventType::ElectionFinalized],
     router: api::router,
-    handler: || Box::new(handlers::Handler),
+    handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&super::COMMON, &MIGRATIONS],
 };
 

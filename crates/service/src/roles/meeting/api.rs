@@ -13,6 +13,7 @@ use crate::domain::{ItemKind, ItemStatus};
 use crate::envelope::now_rfc3339;
 use crate::events::{ElectionCreate, ElectionStart, Event, MeetingCreated};
 use crate::http::{page, text_field, ApiError, ApiJson, ApiQuery, AppState, User};
+use crate::messaging::Work;
 use crate::roles::grants;
 
 pub(super) fn router() -> Router<AppState> {
@@ -73,6 +74,12 @@ async fn managed_meeting(state: &AppState, id: &str, user: &User) -> Result<Meet
     let meeting = find_meeting(state, id).await?;
     grants::require_manager(&state.pool, id, &user.0).await?;
     Ok(meeting)
+}
+
+/// A unit of work on a meeting `user` manages.
+async fn managed_work(state: &AppState, id: &str, user: &User) -> Result<Work, ApiError> {
+    managed_meeting(state, id, user).await?;
+    Ok(state.outbox.begin().await?)
 }
 
 async fn create_meeting(
@@ -178,8 +185,7 @@ async fn open_item(
     user: User,
     Path((id, item_id)): Path<(String, String)>,
 ) -> Result<Json<AgendaItem>, ApiError> {
-    managed_meeting(&state, &id, &user).await?;
-    let mut tx = state.outbox.begin().await?;
+    let mut tx = managed_work(&state, &id, &user).await?;
     // Read again under the write lock: the checks and the change see the same state.
     let meeting = store::meeting(&mut *tx, &id)
         .await?
@@ -223,8 +229,7 @@ async fn start_election(
     user: User,
     Path((id, item_id)): Path<(String, String)>,
 ) -> Result<Json<AgendaItem>, ApiError> {
-    managed_meeting(&state, &id, &user).await?;
-    let mut tx = state.outbox.begin().await?;
+    let mut tx = managed_work(&state, &id, &user).await?;
     let item = find_item(&mut *tx, &id, &item_id).await?;
     if item.kind != ItemKind::Election {
         return Err(ApiError::Conflict(format!(

@@ -1,6 +1,5 @@
 //! Meeting event handlers: `election.finalized` and the `permission.*` copy.
 
-use async_trait::async_trait;
 use serde_json::json;
 use sqlx::SqliteConnection;
 
@@ -8,28 +7,19 @@ use super::store;
 use crate::domain::{ItemKind, ItemStatus};
 use crate::envelope::Envelope;
 use crate::events::{ElectionFinalized, Event};
-use crate::messaging::{EventHandler, HandleError, Work};
+use crate::messaging::{HandleError, HandlerResult, Work};
 use crate::roles::grants;
 
-pub(super) struct Handler;
-
-#[async_trait]
-impl EventHandler for Handler {
-    async fn handle(
-        &self,
-        tx: &mut Work,
-        _envelope: &Envelope,
-        event: Event,
-    ) -> Result<(), HandleError> {
-        match event {
-            Event::ElectionFinalized(done) => finalized(tx, &done).await,
-            Event::PermissionGranted(change) => Ok(grants::apply(tx, &change, true).await?),
-            Event::PermissionRevoked(change) => Ok(grants::apply(tx, &change, false).await?),
-            other => Err(HandleError::Reject(format!(
-                "the meeting role does not handle {}",
-                other.event_type()
-            ))),
-        }
+/// The meeting role's [`crate::messaging::EventHandler`]: records election results and keeps the copy of grants.
+pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> HandlerResult {
+    match event {
+        Event::ElectionFinalized(done) => finalized(tx, &done).await,
+        Event::PermissionGranted(change) => Ok(grants::apply(tx, &change, true).await?),
+        Event::PermissionRevoked(change) => Ok(grants::apply(tx, &change, false).await?),
+        other => Err(HandleError::Reject(format!(
+            "the meeting role does not handle {}",
+            other.event_type()
+        ))),
     }
 }
 

@@ -18,7 +18,7 @@ pub static ROLE: RoleDef = RoleDef {
     consumes: &[EventType::ElectionFinalized, EventType::PermissionGranted, EventType::PermissionRevoked],
     publishes: &[EventType::MeetingCreated, EventType::ElectionCreate, EventType::ElectionStart],
     router: api::router,
-    handler: || Box::new(handlers::Handler),
+    handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&super::COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],
 };
 

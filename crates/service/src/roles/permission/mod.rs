@@ -18,7 +18,7 @@ pub static ROLE: RoleDef = RoleDef {
     consumes: &[EventType::MeetingCreated],
     publishes: &[EventType::PermissionGranted, EventType::PermissionRevoked],
     router: api::router,
-    handler: || Box::new(handlers::Handler),
+    handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&super::COMMON, &MIGRATIONS],
 };
 

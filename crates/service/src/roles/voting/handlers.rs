@@ -1,54 +1,44 @@
 //! Voting event handlers: `voting.create` opens a ballot; `permission.*` keeps the managers.
 
-use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::store::{self, Ballot};
 use crate::domain::BallotStatus;
 use crate::envelope::{now_rfc3339, Envelope};
 use crate::events::Event;
-use crate::messaging::{EventHandler, HandleError, Work};
+use crate::messaging::{HandleError, HandlerResult, Work};
 use crate::roles::grants;
 
-pub(super) struct Handler;
-
-#[async_trait]
-impl EventHandler for Handler {
-    async fn handle(
-        &self,
-        tx: &mut Work,
-        _envelope: &Envelope,
-        event: Event,
-    ) -> Result<(), HandleError> {
-        match event {
-            Event::VotingCreate(c) => {
-                if c.candidates.is_empty() {
-                    return Err(HandleError::Reject(
-                        "a ballot needs at least one candidate".into(),
-                    ));
-                }
-                let mut options = c.candidates;
-                options.dedup();
-                let ballot = Ballot {
-                    id: Uuid::new_v4().to_string(),
-                    election_id: c.election_id,
-                    meeting_id: c.meeting_id,
-                    agenda_item_id: c.agenda_item_id,
-                    options,
-                    status: BallotStatus::Open,
-                    tally: None,
-                    created_at: now_rfc3339(),
-                    closed_at: None,
-                };
-                store::insert(tx, &ballot).await?;
-                Ok(())
+/// The voting role's [`crate::messaging::EventHandler`]: opens ballots and keeps the copy of grants.
+pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> HandlerResult {
+    match event {
+        Event::VotingCreate(c) => {
+            if c.candidates.is_empty() {
+                return Err(HandleError::Reject(
+                    "a ballot needs at least one candidate".into(),
+                ));
             }
-            Event::PermissionGranted(change) => Ok(grants::apply(tx, &change, true).await?),
-            Event::PermissionRevoked(change) => Ok(grants::apply(tx, &change, false).await?),
-            other => Err(HandleError::Reject(format!(
-                "the voting role does not handle {}",
-                other.event_type()
-            ))),
+            let mut options = c.candidates;
+            options.dedup();
+            let ballot = Ballot {
+                id: Uuid::new_v4().to_string(),
+                election_id: c.election_id,
+                meeting_id: c.meeting_id,
+                agenda_item_id: c.agenda_item_id,
+                options,
+                status: BallotStatus::Open,
+                tally: None,
+                created_at: now_rfc3339(),
+                closed_at: None,
+            };
+            store::insert(tx, &ballot).await?;
+            Ok(())
         }
+        Event::PermissionGranted(change) => Ok(grants::apply(tx, &change, true).await?),
+        Event::PermissionRevoked(change) => Ok(grants::apply(tx, &change, false).await?),
+        other => Err(HandleError::Reject(format!(
+            "the voting role does not handle {}",
+            other.event_type()
+        ))),
     }
 }
