@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The test command: runs every test against a real RabbitMQ.
+# The test command: every test against a real RabbitMQ, and the integration suite a second
+# time with the roles' stores on PostgreSQL.
 #
-# With AMQP_URL set, that broker is used. Without it, a throwaway node from the Debian/Ubuntu
-# `rabbitmq-server` package (installed when missing, as root) is started in a temporary
-# directory on free ports and stopped afterwards. Extra arguments go to the test runner.
+# With AMQP_URL set, that broker is used; without it, a throwaway node from the Debian
+# `rabbitmq-server` package (installed when missing, as root) runs on free ports and is
+# removed afterwards. TEST_POSTGRES_URL works the same way for PostgreSQL (scripts/postgres.sh).
+# Extra arguments go to the test runner (a filter, for example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,8 +14,19 @@ if ! python3 -c 'import pika' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check pika==1.3.2
 fi
 
-if cargo nextest --version >/dev/null 2>&1; then
-  exec scripts/broker.sh run cargo nextest run --workspace --no-fail-fast "$@"
-else
-  exec scripts/broker.sh run cargo test --workspace --no-fail-fast "$@"
+if [ "${1:-}" != "--suites" ]; then
+  exec scripts/postgres.sh run scripts/broker.sh run "$0" --suites "$@"
 fi
+shift
+
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=(cargo nextest run --no-fail-fast)
+else
+  runner=(cargo test --no-fail-fast)
+fi
+status=0
+echo "== every test; stores on SQLite" >&2
+"${runner[@]}" --workspace "$@" || status=$?
+echo "== the integration suite; stores on PostgreSQL" >&2
+TEST_STORE=postgres "${runner[@]}" -p app --test it "$@" || status=$?
+exit $status

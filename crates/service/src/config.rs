@@ -130,12 +130,18 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "DATABASE_URL",
-        help: "the role's store (SQLite)",
+        help: "the role's store: `sqlite://FILE` (embedded) or `postgres://user:pass@host/db` (one database per role, shared by its replicas)",
         default: Default::PerRole {
             value: |r| format!("sqlite://data/{}.db", r.name),
             shown: Some("`sqlite://data/<role>.db`"),
         },
         scope: Scope::PerRole,
+    },
+    Variable {
+        name: "DATABASE_POOL_SIZE",
+        help: "connections to a PostgreSQL store (SQLite always uses one)",
+        default: Default::Fixed("10"),
+        scope: Scope::Shared,
     },
     Variable {
         name: "AUTH_JWT_SECRET",
@@ -376,6 +382,8 @@ pub struct Settings {
     pub http_addr: IpAddr,
     pub http_port: u16,
     pub database_url: String,
+    /// Connections to a PostgreSQL store.
+    pub database_pool_size: u32,
     /// `None` only where a development key is acceptable; see [`Settings::jwt_secret`].
     pub jwt_secret: Option<Secret>,
     pub cors_allowed_origins: Vec<String>,
@@ -548,12 +556,22 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
         .parse::<u16>()
         .map_err(|_| ConfigError::new("HTTP_PORT", "must be a port number from 0 to 65535"))?;
     let database_url = non_empty("DATABASE_URL")?;
-    if !database_url.starts_with("sqlite:") {
+    if crate::store::Dialect::of_url(&database_url).is_none() {
         return Err(ConfigError::new(
             "DATABASE_URL",
-            "must be a sqlite: URL, e.g. sqlite://data/meeting.db",
+            "must be a sqlite: or postgres:// URL, e.g. sqlite://data/meeting.db",
         ));
     }
+    let database_pool_size = get("DATABASE_POOL_SIZE")
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| {
+            ConfigError::new(
+                "DATABASE_POOL_SIZE",
+                "must be a whole number from 1 to 1000",
+            )
+        })?;
     let jwt_secret = match get("AUTH_JWT_SECRET") {
         s if s.is_empty() => None,
         s if s.len() < 16 => {
@@ -593,6 +611,7 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
         http_addr,
         http_port,
         database_url,
+        database_pool_size,
         jwt_secret,
         cors_allowed_origins,
         shutdown_grace,
@@ -684,7 +703,8 @@ mod tests {
             ("HTTP_ADDR", "localhost:80"),
             ("AUTH_JWT_SECRET", "short"),
             ("CORS_ALLOWED_ORIGINS", "example.com"),
-            ("DATABASE_URL", "postgres://x"),
+            ("DATABASE_URL", "mysql://x"),
+            ("DATABASE_POOL_SIZE", "0"),
         ] {
             let err = load(&[(var, value)]).unwrap_err();
             assert_eq!(err.variable, var, "{err}");

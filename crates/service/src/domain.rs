@@ -1,15 +1,14 @@
 //! The domain's closed sets — item kinds, statuses, election outcomes, meeting roles — as
 //! enums. Each serialises as the lower-case word used on the wire and in the API, and is
-//! stored as that word through sqlx's type mapping, so an impossible state can be neither
-//! written nor read back.
+//! stored as that word through sqlx's type mapping (a `TEXT` column on either store), so an
+//! impossible state can be neither written nor read back.
 
 /// Declares a text-backed enum: serde and sqlx both use the snake_case word.
 macro_rules! word_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         #[serde(rename_all = "snake_case")]
-        #[sqlx(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant),+
         }
@@ -37,6 +36,32 @@ macro_rules! word_enum {
                     .ok_or_else(|| UnknownWord {
                         expected: Self::ALL.iter().map(|v| v.as_str()).collect(),
                     })
+            }
+        }
+
+        impl sqlx::Type<sqlx::Any> for $name {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <String as sqlx::Type<sqlx::Any>>::type_info()
+            }
+            fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::Any>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Any> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer<'q>,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <String as sqlx::Encode<'q, sqlx::Any>>::encode(self.as_str().to_string(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Any> for $name {
+            fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let word = <String as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
+                word.parse()
+                    .map_err(|e: $crate::domain::UnknownWord| format!("{word:?} is not {}", e.choices()).into())
             }
         }
 

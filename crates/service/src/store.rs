@@ -1,63 +1,346 @@
-//! The role's store: a SQLite database opened with sqlx, migrated on start
-//! (docs/architecture.md §7).
+//! The role's store (docs/architecture.md §7): SQLite by default, PostgreSQL when
+//! `DATABASE_URL` says `postgres://`. One codebase through sqlx's `Any` driver: the same
+//! queries where the dialects agree (`$1` placeholders work in both), migrations per dialect,
+//! and the few differences — row locks, how a write transaction begins — behind this module.
 //!
 //! Every role gets the shared `outbox`/`inbox` tables plus its own; each migration set has
 //! its own version range (common 1–49, grants 50–99, role 100+) so they can share one
 //! `_sqlx_migrations` table. The sets are listed in the role's definition.
 
-use std::str::FromStr;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTypeInfo, AnyValueRef};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Database, Decode, Encode, Transaction, Type};
 
 use crate::roles::Role;
 
-/// Open (creating when missing) and migrate the role's database.
-pub(crate) async fn open(database_url: &str, role: Role) -> anyhow::Result<SqlitePool> {
-    let options = SqliteConnectOptions::from_str(database_url)
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?
-        .create_if_missing(true)
-        // WAL lets readers run beside the one writer; NORMAL sync in WAL keeps every
-        // committed transaction across a process crash (only an OS crash can lose the tail).
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5))
-        .foreign_keys(true);
-    if let Some(parent) = options.get_filename().parent() {
+/// Which database a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect a `DATABASE_URL` selects, by its scheme.
+    pub(crate) fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Dialect::Postgres)
+        } else {
+            None
+        }
+    }
+
+    fn of_connection(conn: &AnyConnection) -> Self {
+        if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+            Dialect::Postgres
+        } else {
+            Dialect::Sqlite
+        }
+    }
+}
+
+/// A role's migrations, one set per dialect, with the same versions in both.
+pub(crate) struct Migrations {
+    pub(crate) sqlite: Migrator,
+    pub(crate) postgres: Migrator,
+}
+
+impl Migrations {
+    fn for_dialect(&self, dialect: Dialect) -> &Migrator {
+        match dialect {
+            Dialect::Sqlite => &self.sqlite,
+            Dialect::Postgres => &self.postgres,
+        }
+    }
+}
+
+/// The shared migrations every role's store starts with (outbox and inbox, versions 1–49).
+pub(crate) static COMMON: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./migrations/common/sqlite"),
+    postgres: sqlx::migrate!("./migrations/common/postgres"),
+};
+
+/// The role's database: a pool and its dialect.
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    url: String,
+}
+
+impl Store {
+    /// Open (creating a SQLite file when missing) and migrate the role's database.
+    pub(crate) async fn open(url: &str, pool_size: u32, role: Role) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(url)
+            .ok_or_else(|| anyhow::anyhow!("DATABASE_URL: not a sqlite: or postgres:// URL"))?;
+        let (url, pool_size) = match dialect {
+            Dialect::Sqlite => (sqlite_url(url)?, 1),
+            Dialect::Postgres => (url.to_string(), pool_size),
+        };
+        let options: AnyConnectOptions = url
+            .parse::<AnyConnectOptions>()
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+        // SQLite: one connection. It has one writer anyway, and with a single connection
+        // writers queue on the pool (an async wait) instead of sleeping in its busy handler.
+        let pool = AnyPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if Dialect::of_connection(conn) == Dialect::Sqlite {
+                        // WAL lets readers run beside the one writer; NORMAL sync in WAL
+                        // keeps every commit across a process crash (only an OS crash can
+                        // lose the tail).
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 5000",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "DATABASE_URL: cannot open the store: {}",
+                    crate::telemetry::Chain(&e)
+                )
+            })?;
+        let store = Self { pool, dialect, url };
+        store.migrate(role).await?;
+        Ok(store)
+    }
+
+    /// Apply the role's migration sets, after checking that the database holds no
+    /// migration this build does not know (a newer build ran on it).
+    async fn migrate(&self, role: Role) -> anyhow::Result<()> {
+        let known: BTreeSet<i64> = role
+            .migrations
+            .iter()
+            .flat_map(|m| m.for_dialect(self.dialect).iter().map(|m| m.version))
+            .collect();
+        if let Some(newer) = self.applied_versions().await?.difference(&known).max() {
+            anyhow::bail!(
+                "DATABASE_URL: the schema has migration {newer}, which this build does not know \
+                 (it knows up to {}); run the newer build, or a database of this version",
+                known.iter().max().copied().unwrap_or(0)
+            );
+        }
+        for set in role.migrations {
+            let mut migrator = Migrator {
+                migrations: set.for_dialect(self.dialect).migrations.clone(),
+                ..Migrator::DEFAULT
+            };
+            // The other sets' versions are in the same table; they are not "missing".
+            // Replicas starting together queue on the migrator's lock (PostgreSQL advisory
+            // lock), so each migration runs once.
+            migrator.set_ignore_missing(true);
+            migrator.run(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    async fn applied_versions(&self) -> sqlx::Result<BTreeSet<i64>> {
+        let exists: Option<i64> = match self.dialect {
+            Dialect::Sqlite => sqlx::query_scalar(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            )
+            .fetch_optional(&self.pool)
+            .await?,
+            Dialect::Postgres => {
+                sqlx::query_scalar("SELECT 1 FROM pg_tables WHERE tablename = '_sqlx_migrations'")
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        if exists.is_none() {
+            return Ok(BTreeSet::new());
+        }
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(versions.into_iter().collect())
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// The URL the pool connects to (for a PostgreSQL listener).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Begin a write transaction. On SQLite `BEGIN IMMEDIATE` takes the write lock up
+    /// front, so two writers queue instead of one failing when it upgrades from reading.
+    pub(crate) async fn begin(&self) -> sqlx::Result<Transaction<'static, Any>> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await
+    }
+}
+
+/// The SQLite URL with its file's folder created and `mode=rwc` (create when missing).
+fn sqlite_url(url: &str) -> anyhow::Result<String> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        anyhow::bail!("DATABASE_URL: a SQLite store needs a file, e.g. sqlite://data/meeting.db");
+    }
+    if let Some(parent) = std::path::Path::new(path).parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).map_err(|e| {
                 anyhow::anyhow!("DATABASE_URL: cannot create {}: {e}", parent.display())
             })?;
         }
     }
-    // One connection: SQLite has one writer anyway, and with a single connection writers
-    // queue on the pool (an async wait) instead of sleeping in SQLite's busy handler.
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot open the store: {e}"))?;
-    for migrator in role.migrations {
-        let mut migrator = Migrator {
-            migrations: migrator.migrations.clone(),
-            ..Migrator::DEFAULT
-        };
-        // The other sets' versions are in the same table; they are not "missing".
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
-    }
-    Ok(pool)
+    Ok(if url.contains("mode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    })
 }
 
-/// Begin a write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so two
-/// writers queue on the busy timeout instead of one failing when it upgrades from reading.
-pub(crate) async fn begin(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-    pool.begin_with("BEGIN IMMEDIATE").await
+/// ` FOR UPDATE` on PostgreSQL, nothing on SQLite (whose `BEGIN IMMEDIATE` already
+/// serialises writers): appended to a `SELECT` that reads a row the transaction will change
+/// or whose children it will change, so concurrent writers on other replicas queue on it.
+pub(crate) fn for_update(conn: &AnyConnection) -> &'static str {
+    match Dialect::of_connection(conn) {
+        Dialect::Postgres => " FOR UPDATE",
+        Dialect::Sqlite => "",
+    }
+}
+
+/// ` FOR SHARE` on PostgreSQL, nothing on SQLite: for a row whose state must not change
+/// until the transaction commits, while others may read it the same way.
+pub(crate) fn for_share(conn: &AnyConnection) -> &'static str {
+    match Dialect::of_connection(conn) {
+        Dialect::Postgres => " FOR SHARE",
+        Dialect::Sqlite => "",
+    }
+}
+
+/// Whether a store error is a serialization failure or a deadlock: the transaction lost a
+/// race with another replica and can simply be run again.
+pub(crate) fn is_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("40001") | Some("40P01"))
+        }
+        _ => false,
+    }
+}
+
+/// How many times a transaction that lost a race is run again before its error is shown.
+pub(crate) const RACE_RETRIES: u32 = 5;
+
+/// A short, growing, jittered pause before running a lost transaction again.
+pub(crate) async fn race_backoff(attempt: u32) {
+    let base = 5u64 << attempt.min(6);
+    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u16) % base.max(1);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+/// A value stored as JSON text (the same `TEXT` column on both dialects).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Json<T>(pub(crate) T);
+
+impl<T> Type<Any> for Json<T> {
+    fn type_info() -> AnyTypeInfo {
+        <String as Type<Any>>::type_info()
+    }
+    fn compatible(ty: &AnyTypeInfo) -> bool {
+        <String as Type<Any>>::compatible(ty)
+    }
+}
+
+impl<'q, T: Serialize> Encode<'q, Any> for Json<T> {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Any as Database>::ArgumentBuffer<'q>,
+    ) -> Result<IsNull, BoxDynError> {
+        let text = serde_json::to_string(&self.0)?;
+        <String as Encode<'q, Any>>::encode(text, buf)
+    }
+}
+
+impl<'r, T: serde::de::DeserializeOwned> Decode<'r, Any> for Json<T> {
+    fn decode(value: AnyValueRef<'r>) -> Result<Self, BoxDynError> {
+        let text = <String as Decode<'r, Any>>::decode(value)?;
+        Ok(Json(serde_json::from_str(&text)?))
+    }
 }
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_scheme_chooses_the_dialect() {
+        assert_eq!(Dialect::of_url("sqlite://data/m.db"), Some(Dialect::Sqlite));
+        assert_eq!(Dialect::of_url("sqlite:m.db"), Some(Dialect::Sqlite));
+        assert_eq!(
+            Dialect::of_url("postgres://u:p@h/db"),
+            Some(Dialect::Postgres)
+        );
+        assert_eq!(
+            Dialect::of_url("postgresql://h/db"),
+            Some(Dialect::Postgres)
+        );
+        assert_eq!(Dialect::of_url("mysql://h/db"), None);
+    }
+
+    #[test]
+    fn a_sqlite_url_is_opened_in_create_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sub/m.db", dir.path().display());
+        assert_eq!(sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert!(dir.path().join("sub").is_dir());
+        assert!(sqlite_url("sqlite::memory:").is_err());
+    }
+
+    #[test]
+    fn both_dialects_know_the_same_versions() {
+        for role in crate::roles::ALL {
+            for set in role.migrations {
+                let versions = |m: &Migrator| m.iter().map(|m| m.version).collect::<Vec<_>>();
+                assert_eq!(versions(&set.sqlite), versions(&set.postgres), "{role}");
+            }
+        }
+    }
 }

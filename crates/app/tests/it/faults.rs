@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use meeting_events::envelope::Envelope;
 use meeting_events::events::{Event, MeetingCreated};
 use serde_json::json;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 use crate::helpers::*;
 
@@ -25,14 +25,7 @@ async fn copies(bus: &Bus, queue: &str) -> HashMap<String, usize> {
     out
 }
 
-async fn open_store(ctx: &Ctx, role: Role) -> SqlitePool {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(ctx.dir.path().join(format!("{}.db", role.name)))
-        .read_only(true);
-    SqlitePool::connect_with(opts).await.unwrap()
-}
-
-async fn count(pool: &SqlitePool, sql: &str) -> i64 {
+async fn count(pool: &AnyPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
@@ -141,7 +134,7 @@ async fn broker_crash(kill_after: Duration, outage: Duration, concurrency: usize
     );
 
     // Every accepted meeting is applied by the permission service, once.
-    let perm = open_store(&ctx, &PERMISSION).await;
+    let perm = ctx.store(&PERMISSION).await;
     let want = accepted.len() as i64;
     let applied = eventually(WAIT, || async {
         let n = count(&perm, "SELECT COUNT(*) FROM meetings").await;
@@ -186,11 +179,7 @@ async fn broker_crash(kill_after: Duration, outage: Duration, concurrency: usize
         "every accepted event reached the bus"
     );
     assert_eq!(
-        count(
-            &open_store(&ctx, &MEETING).await,
-            "SELECT COUNT(*) FROM outbox"
-        )
-        .await,
+        count(&ctx.store(&MEETING).await, "SELECT COUNT(*) FROM outbox").await,
         0,
         "outbox drained"
     );
@@ -242,7 +231,7 @@ async fn a_consumer_killed_mid_batch_applies_each_event_once_after_restart() {
     }
     // Start it on the full queue and kill it part-way through.
     let child = spawn_process(&ctx, &PERMISSION, port);
-    let perm = open_store(&ctx, &PERMISSION).await;
+    let perm = ctx.store(&PERMISSION).await;
     let at_kill = eventually(WAIT, || async {
         let n = count(&perm, "SELECT COUNT(*) FROM inbox").await;
         (n >= 100).then_some(n)

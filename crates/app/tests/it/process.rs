@@ -45,7 +45,7 @@ async fn four_processes_carry_a_meeting_through_grants_to_its_result() {
     }
     let bus = Bus::connect(&ctx).await;
     let mut spy = bus.spy("#").await;
-    chain_with_grants(&urls, &ctx.dir.path().join("voting.db")).await;
+    chain_with_grants(&urls, &ctx.store(&VOTING).await).await;
     spy.collect_for(Duration::from_millis(300)).await;
     assert!(!spy.of_type("permission.revoked").is_empty());
     crate::contract::assert_conforms(&spy.seen);
@@ -156,7 +156,7 @@ fn help_explains_commands_and_variables_and_token_signs_with_the_key() {
 }
 /// A meeting through the whole chain, with a manager granted through the permission API
 /// closing the ballot and a revoked one refused.
-pub(crate) async fn chain_with_grants(urls: &Urls, voting_db: &std::path::Path) {
+pub(crate) async fn chain_with_grants(urls: &Urls, voting_db: &sqlx::AnyPool) {
     let (alice, carol, dave) = (
         Client::as_user("alice"),
         Client::as_user("carol"),
@@ -235,19 +235,10 @@ pub(crate) async fn chain_with_grants(urls: &Urls, voting_db: &std::path::Path) 
 }
 
 /// The managers of a meeting in a role's local copy of `permission.*`, read from its store.
-async fn local_managers(db: &std::path::Path, meeting: &str) -> Vec<String> {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(db)
-        .read_only(true);
-    let Ok(pool) = sqlx::SqlitePool::connect_with(opts).await else {
-        return vec![];
-    };
-    let users =
-        sqlx::query_scalar("SELECT user_id FROM grants WHERE meeting_id = ? AND role = 'manager'")
-            .bind(meeting)
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
-    pool.close().await;
-    users
+async fn local_managers(db: &sqlx::AnyPool, meeting: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT user_id FROM grants WHERE meeting_id = $1 AND role = 'manager'")
+        .bind(meeting)
+        .fetch_all(db)
+        .await
+        .unwrap_or_default()
 }

@@ -30,10 +30,16 @@ pub(crate) enum ApiError {
     /// 500: ours, not the caller's.
     #[error("internal error")]
     Internal(String),
-    /// 500: the store failed; the source is logged, never answered.
-    #[error("internal error")]
+    /// 500: the store failed; the source is logged, never answered. A transaction that lost
+    /// a race with another replica is run again by [`super::retry_lost_races`]; if it keeps
+    /// losing, 503 `busy` with `Retry-After`.
+    #[error("{}", if crate::store::is_retryable(.0) { "the store is busy with concurrent changes; try again" } else { "internal error" })]
     Store(#[from] sqlx::Error),
 }
+
+/// A response whose request lost a store race and may simply be run again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LostRace;
 
 impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -44,6 +50,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::Store(e) if crate::store::is_retryable(e) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "busy")
+            }
             ApiError::Internal(_) | ApiError::Store(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -54,7 +63,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let lost_race = matches!(&self, ApiError::Store(e) if crate::store::is_retryable(e));
         match &self {
+            ApiError::Store(_) if lost_race => {}
             ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
             ApiError::Store(e) => {
                 tracing::error!(cause = %crate::telemetry::Chain(e), "request failed: store")
@@ -66,6 +77,14 @@ impl IntoResponse for ApiError {
             Json(json!({"error": code, "message": self.to_string()})),
         )
             .into_response();
+        if lost_race {
+            // Marks the answer for `retry_lost_races`, which runs the request again.
+            response.extensions_mut().insert(LostRace);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

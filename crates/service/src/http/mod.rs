@@ -14,21 +14,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
 
 pub(crate) use auth::{Auth, User};
+use error::LostRace;
 pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiQuery};
 
 use crate::messaging::{Broker, Outbox};
+use crate::store::Store;
 
 /// What every request handler of a role can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) service: Arc<str>,
-    /// For reads; writes go through [`Outbox::begin`] or [`crate::store::begin`].
-    pub(crate) pool: SqlitePool,
+    /// For reads; writes go through [`Outbox::begin`] or [`Store::begin`].
+    pub(crate) pool: AnyPool,
+    pub(crate) store: Store,
     pub(crate) broker: Broker,
     pub(crate) auth: Arc<Auth>,
     /// Units of work whose events are committed with them.
@@ -37,10 +40,12 @@ pub(crate) struct AppState {
 
 /// The role's routes behind auth, plus the probe routes, fallbacks and layers.
 pub(crate) fn app(state: AppState, api: Router<AppState>, cors_origins: &[String]) -> Router {
-    let api = api.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_user,
-    ));
+    let api = api
+        .route_layer(middleware::from_fn(retry_lost_races))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_user,
+        ));
     let mut router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -135,4 +140,42 @@ async fn track_requests(State(state): State<AppState>, request: Request, next: N
     metrics::histogram!("http_request_duration_seconds", "service" => service, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The largest request body the API reads (as axum's JSON extractor).
+const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Run a request again when its transaction lost a race with another replica (PostgreSQL
+/// serialization failure or deadlock), a bounded number of times, so the caller sees the
+/// result of a clean run rather than the race. Reads never write, so only writes are kept
+/// for a second run.
+async fn retry_lost_races(request: Request, next: Next) -> Response {
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({"error": "payload_too_large", "message": format!("the request body is over {BODY_LIMIT} bytes")})),
+        )
+            .into_response();
+    };
+    let mut attempt = 0;
+    loop {
+        let mut again = Request::new(axum::body::Body::from(bytes.clone()));
+        *again.method_mut() = parts.method.clone();
+        *again.uri_mut() = parts.uri.clone();
+        *again.version_mut() = parts.version;
+        *again.headers_mut() = parts.headers.clone();
+        *again.extensions_mut() = parts.extensions.clone();
+        let response = next.clone().run(again).await;
+        if response.extensions().get::<LostRace>().is_none()
+            || attempt >= crate::store::RACE_RETRIES
+        {
+            return response;
+        }
+        crate::store::race_backoff(attempt).await;
+        attempt += 1;
+    }
 }

@@ -25,6 +25,7 @@ use crate::messaging::decision::{decide, Decision, Handled, ParkReason};
 use crate::messaging::outbox::{Outbox, Work};
 use crate::messaging::publisher::{self, Published};
 use crate::messaging::{headers, inbox, topology, Broker, Session};
+use crate::store::{is_retryable, race_backoff, RACE_RETRIES};
 use crate::telemetry::Chain;
 
 /// Why a handler did not apply an event.
@@ -344,6 +345,23 @@ impl Consumer {
     /// effect. An event already in the inbox (redelivered, or twice in this batch) changes
     /// nothing.
     async fn apply_all(&self, items: Vec<(&Envelope, Event)>) -> Result<Vec<Applied>, HandleError> {
+        let mut attempt = 0;
+        loop {
+            match self.apply_once(&items).await {
+                // Lost a race with another replica (serialization failure, deadlock): run
+                // the whole unit again here; the broker's retry queue is for failures that
+                // need time, not for this.
+                Err(HandleError::Store(e)) if is_retryable(&e) && attempt < RACE_RETRIES => {
+                    tracing::debug!(attempt, error = %e, "store transaction lost a race; running it again");
+                    race_backoff(attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn apply_once(&self, items: &[(&Envelope, Event)]) -> Result<Vec<Applied>, HandleError> {
         let mut work = self.outbox.begin().await?;
         let mut outcomes = Vec::with_capacity(items.len());
         for (envelope, event) in items {
@@ -352,7 +370,7 @@ impl Consumer {
                 continue;
             }
             work.caused_by(envelope);
-            AssertUnwindSafe((self.handler)(&mut work, envelope, event))
+            AssertUnwindSafe((self.handler)(&mut work, envelope, event.clone()))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(HandleError::Retry("handler panicked".into())))?;

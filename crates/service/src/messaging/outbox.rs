@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgListener;
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +20,7 @@ use crate::envelope::Envelope;
 use crate::events::Event;
 use crate::messaging::publisher::{self, Published};
 use crate::messaging::{headers, Broker, Session};
-use crate::store::now_ms;
+use crate::store::{now_ms, Dialect, Store};
 
 /// Rows published per batch.
 const BATCH: i64 = 256;
@@ -35,15 +37,15 @@ const GAUGE_EVERY: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) struct Outbox {
     producer: Arc<str>,
-    pool: SqlitePool,
+    store: Store,
     wake: Arc<Notify>,
 }
 
 impl Outbox {
-    pub(crate) fn new(producer: &str, pool: SqlitePool) -> Self {
+    pub(crate) fn new(producer: &str, store: Store) -> Self {
         Self {
             producer: producer.into(),
-            pool,
+            store,
             wake: Arc::default(),
         }
     }
@@ -51,7 +53,7 @@ impl Outbox {
     /// Begin a unit of work: a write transaction whose emitted events are committed with it.
     pub(crate) async fn begin(&self) -> sqlx::Result<Work> {
         Ok(Work {
-            tx: crate::store::begin(&self.pool).await?,
+            tx: self.store.begin().await?,
             outbox: self.clone(),
             cause: None,
             emitted: 0,
@@ -70,7 +72,7 @@ impl Outbox {
 /// A store transaction and the events it causes: both land at [`Work::commit`] or neither
 /// does. It dereferences to the transaction's connection for the role's own queries.
 pub(crate) struct Work {
-    tx: Transaction<'static, Sqlite>,
+    tx: Transaction<'static, Any>,
     outbox: Outbox,
     /// The event being handled, when this work applies one: emitted events join its chain.
     cause: Option<Cause>,
@@ -105,8 +107,15 @@ impl Work {
         Ok(())
     }
 
-    /// Commit, and wake the relay when events were emitted.
-    pub(crate) async fn commit(self) -> sqlx::Result<()> {
+    /// Commit, and wake the relay when events were emitted: this process's, and on
+    /// PostgreSQL the replica that relays (a notification delivered at commit).
+    pub(crate) async fn commit(mut self) -> sqlx::Result<()> {
+        if self.emitted > 0 && self.outbox.store.dialect() == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(NOTIFY_CHANNEL)
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.tx.commit().await?;
         if self.emitted > 0 {
             self.outbox.wake();
@@ -116,22 +125,22 @@ impl Work {
 }
 
 impl std::ops::Deref for Work {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
         &self.tx
     }
 }
 
 impl std::ops::DerefMut for Work {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
         &mut self.tx
     }
 }
 
-async fn insert(tx: &mut SqliteConnection, envelope: &Envelope) -> sqlx::Result<()> {
+async fn insert(tx: &mut AnyConnection, envelope: &Envelope) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, producer, correlation_id, body, created_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&envelope.event_id)
     .bind(&envelope.event_type)
@@ -155,7 +164,7 @@ struct OutboxRow {
 }
 
 /// Events waiting in the outbox and the age of the oldest, in seconds.
-pub(crate) async fn backlog(pool: &SqlitePool) -> sqlx::Result<(i64, f64)> {
+pub(crate) async fn backlog(pool: &AnyPool) -> sqlx::Result<(i64, f64)> {
     let row = sqlx::query("SELECT COUNT(*), MIN(created_at_ms) FROM outbox")
         .fetch_one(pool)
         .await?;
@@ -163,6 +172,96 @@ pub(crate) async fn backlog(pool: &SqlitePool) -> sqlx::Result<(i64, f64)> {
     let oldest: Option<i64> = row.try_get(1)?;
     let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
     Ok((count, age))
+}
+
+/// The PostgreSQL notification channel a commit with events signals.
+const NOTIFY_CHANNEL: &str = "outbox";
+/// The advisory lock key of the relay: one replica of a role relays at a time.
+const RELAY_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
+
+/// Which replica relays. On SQLite the process owns its store and always does. On
+/// PostgreSQL every replica commits to the one outbox, but only the replica holding the
+/// role's advisory lock publishes, so the outbox leaves in commit order and each row is
+/// published once in the normal case. The lock is held by a session, not a transaction: no
+/// row is locked while confirms are awaited. When the holder dies its session ends, the
+/// lock is released, and a survivor takes over within [`IDLE_POLL`]; rows the dead relay
+/// had published but not yet deleted go out again (the consumers' inboxes absorb them).
+enum Lead {
+    Always,
+    Lock(Option<PoolConnection<Any>>),
+}
+
+impl Lead {
+    fn for_store(store: &Store) -> Self {
+        match store.dialect() {
+            Dialect::Sqlite => Lead::Always,
+            Dialect::Postgres => Lead::Lock(None),
+        }
+    }
+
+    /// Whether this replica relays now: the lock is still held (its session answers), or
+    /// was free and is taken.
+    async fn hold(&mut self, store: &Store, service: &str) -> bool {
+        let Lead::Lock(held) = self else {
+            return true;
+        };
+        if let Some(conn) = held {
+            if sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok() {
+                return true;
+            }
+            tracing::warn!(
+                service,
+                "lost the outbox relay lock's session; trying to take it again"
+            );
+            if let Some(conn) = held.take() {
+                drop(conn.detach());
+            }
+        }
+        let Ok(mut conn) = store.pool().acquire().await else {
+            return false;
+        };
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or(false);
+        if taken {
+            tracing::info!(service, "this replica relays the outbox");
+            *held = Some(conn);
+        }
+        taken
+    }
+
+    async fn release(self) {
+        if let Lead::Lock(Some(mut conn)) = self {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(RELAY_LOCK)
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
+
+/// Notifications of commits on other replicas (PostgreSQL), when listening works.
+async fn listen(store: &Store) -> Option<PgListener> {
+    if store.dialect() != Dialect::Postgres {
+        return None;
+    }
+    let mut listener = PgListener::connect(store.url()).await.ok()?;
+    listener.listen(NOTIFY_CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+async fn notified(listener: &mut Option<PgListener>) {
+    match listener {
+        Some(l) => {
+            if l.recv().await.is_err() {
+                // The listener reconnects on its next call; poll meanwhile.
+                tokio::time::sleep(IDLE_POLL).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The relay task. Runs until `shutdown`; then publishes what it can within `grace`.
@@ -173,7 +272,10 @@ pub(crate) async fn run_relay(
     grace: Duration,
 ) {
     let service = broker.settings().service_name.clone();
-    let pool = &outbox.pool;
+    let store = &outbox.store;
+    let pool = store.pool();
+    let mut lead = Lead::for_store(store);
+    let mut listener = listen(store).await;
     let mut gauges_at: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
@@ -182,13 +284,16 @@ pub(crate) async fn run_relay(
         let Some(session) = broker.wait_session(&shutdown).await else {
             break;
         };
-        let full = match relay_batch(&broker, pool, &session).await {
-            Ok(fetched) => fetched == BATCH as usize,
-            Err(e) => {
-                tracing::warn!(service, error = %crate::telemetry::Chain(&e), "outbox relay paused");
-                false
-            }
-        };
+        let mut full = false;
+        if lead.hold(store, &service).await {
+            full = match relay_batch(&broker, pool, store, &session).await {
+                Ok(fetched) => fetched == BATCH as usize,
+                Err(e) => {
+                    tracing::warn!(service, error = %crate::telemetry::Chain(&e), "outbox relay paused");
+                    false
+                }
+            };
+        }
         if gauges_at.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
             record_backlog(pool, &service).await;
             gauges_at = Some(Instant::now());
@@ -199,14 +304,18 @@ pub(crate) async fn run_relay(
         // A commit since the batch was read left a wake-up permit: nothing is missed.
         tokio::select! {
             _ = outbox.woken() => {}
+            _ = notified(&mut listener) => {}
             _ = tokio::time::sleep(IDLE_POLL) => {}
             _ = shutdown.cancelled() => {}
         }
     }
     // Shutdown: flush what the broker takes within the grace period.
     let flush = async {
+        if !lead.hold(store, &service).await {
+            return;
+        }
         while let Some(session) = broker.current() {
-            match relay_batch(&broker, pool, &session).await {
+            match relay_batch(&broker, pool, store, &session).await {
                 Ok(n) if n > 0 => continue,
                 _ => break,
             }
@@ -215,10 +324,11 @@ pub(crate) async fn run_relay(
     if tokio::time::timeout(grace, flush).await.is_err() {
         tracing::warn!(service, "outbox flush did not finish within the shutdown grace period; the rest is sent on next start");
     }
+    lead.release().await;
     record_backlog(pool, &service).await;
 }
 
-async fn record_backlog(pool: &SqlitePool, service: &str) {
+async fn record_backlog(pool: &AnyPool, service: &str) {
     if let Ok((count, age)) = backlog(pool).await {
         metrics::gauge!("outbox_backlog", "service" => service.to_string()).set(count as f64);
         metrics::gauge!("outbox_oldest_age_seconds", "service" => service.to_string()).set(age);
@@ -236,12 +346,13 @@ enum RelayError {
 /// Publish one batch of due rows; returns how many rows it read.
 async fn relay_batch(
     broker: &Broker,
-    pool: &SqlitePool,
+    pool: &AnyPool,
+    store: &Store,
     session: &Session,
 ) -> Result<usize, RelayError> {
     let rows: Vec<OutboxRow> = sqlx::query(
         "SELECT seq, event_id, event_type, producer, correlation_id, body, created_at_ms
-         FROM outbox WHERE next_attempt_ms <= ? ORDER BY seq LIMIT ?",
+         FROM outbox WHERE next_attempt_ms <= $1 ORDER BY seq LIMIT $2",
     )
     .bind(now_ms())
     .bind(BATCH)
@@ -314,7 +425,7 @@ async fn relay_batch(
     }
 
     if !done.is_empty() || !unroutable.is_empty() {
-        let mut tx = crate::store::begin(pool).await?;
+        let mut tx = store.begin().await?;
         for chunk in done.chunks(500) {
             let sql = format!(
                 "DELETE FROM outbox WHERE seq IN ({})",
@@ -329,7 +440,7 @@ async fn relay_batch(
         let retry_at = now_ms() + UNROUTABLE_RETRY.as_millis() as i64;
         for seq in &unroutable {
             sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?, last_error = 'unroutable' WHERE seq = ?",
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = $1, last_error = 'unroutable' WHERE seq = $2",
             )
             .bind(retry_at)
             .bind(seq)
@@ -347,7 +458,10 @@ async fn relay_batch(
     Ok(rows.len())
 }
 
-/// `?, ?, …` for an `IN (…)` list of `n` values.
+/// `$1, $2, …` for an `IN (…)` list of `n` values.
 fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -14,11 +14,11 @@ mod voting;
 use std::fmt;
 
 use axum::Router;
-use sqlx::migrate::Migrator;
 
 use crate::events::EventType;
 use crate::http::AppState;
 use crate::messaging::EventHandler;
+use crate::store::Migrations;
 
 pub(crate) use runner::run;
 
@@ -57,7 +57,7 @@ pub struct RoleDef {
     /// The role's event handler.
     pub(crate) handler: EventHandler,
     /// Migration sets applied in order on start (each with its own version range).
-    pub(crate) migrations: &'static [&'static Migrator],
+    pub(crate) migrations: &'static [&'static Migrations],
 }
 
 impl RoleDef {
@@ -103,9 +103,6 @@ pub fn find(name: &str) -> Result<Role, String> {
     })
 }
 
-/// The shared migrations every role's store starts with (outbox and inbox, versions 1–49).
-static COMMON: Migrator = sqlx::migrate!("./migrations/common");
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +130,10 @@ mod tests {
     #[test]
     fn every_role_starts_with_the_shared_migrations() {
         for role in ALL {
-            assert!(std::ptr::eq(role.migrations[0], &COMMON), "{role}");
+            assert!(
+                std::ptr::eq(role.migrations[0], &crate::store::COMMON),
+                "{role}"
+            );
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::http::{self, AppState, Auth};
 use crate::messaging::consumer::Consumer;
 use crate::messaging::outbox::{self, Outbox};
 use crate::messaging::Broker;
+use crate::store::Store;
 
 /// Run the role of `settings` until `shutdown` is cancelled, serving HTTP on `listener`.
 pub(crate) async fn run(
@@ -25,14 +26,14 @@ pub(crate) async fn run(
     // Install the recorder before anything records: metrics sent earlier would be lost.
     crate::telemetry::prometheus();
     let auth = Auth::new(settings.jwt_secret()?);
-    let pool = crate::store::open(&settings.database_url, role).await?;
+    let store = Store::open(&settings.database_url, settings.database_pool_size, role).await?;
 
     // Two stages: intake (HTTP and consumer) stops first; the relay and the connection
     // stay up until what intake committed has been flushed.
     let intake = CancellationToken::new();
     let drain = CancellationToken::new();
     let broker = Broker::start(settings.mq.clone(), drain.clone());
-    let outbox = Outbox::new(&service, pool.clone());
+    let outbox = Outbox::new(&service, store.clone());
     let consumer = tokio::spawn(
         Consumer {
             broker: broker.clone(),
@@ -49,7 +50,8 @@ pub(crate) async fn run(
     ));
     let state = AppState {
         service: service.clone().into(),
-        pool: pool.clone(),
+        pool: store.pool().clone(),
+        store: store.clone(),
         broker: broker.clone(),
         auth: Arc::new(auth),
         outbox,
@@ -87,7 +89,7 @@ pub(crate) async fn run(
     drain.cancel();
     let _ = tokio::time::timeout(bound + Duration::from_secs(1), relay).await;
     broker.close().await;
-    pool.close().await;
+    store.close().await;
     tracing::info!(%service, "stopped");
     match failure {
         Some(why) => Err(anyhow::anyhow!(why)),

@@ -51,13 +51,19 @@ impl Ctx {
 
     pub fn on(amqp_url: String) -> Self {
         let prefix = unique("t");
-        Self {
+        let ctx = Self {
             exchange: format!("{prefix}-events"),
             prefix,
             amqp_url,
             dir: tempfile::tempdir().expect("tempdir"),
             extra: HashMap::new(),
+        };
+        if let Some(base) = postgres_base() {
+            for role in meeting_events::roles::ALL {
+                create_database(&base, &ctx.database_name(role));
+            }
         }
+        ctx
     }
 
     pub fn queue(&self, role: Role) -> String {
@@ -70,10 +76,7 @@ impl Ctx {
             ("AMQP_URL", self.amqp_url.clone()),
             ("MQ_EXCHANGE", self.exchange.clone()),
             ("SERVICE_NAME", self.queue(role)),
-            (
-                "DATABASE_URL",
-                format!("sqlite://{}/{}.db", self.dir.path().display(), role.name),
-            ),
+            ("DATABASE_URL", self.database_url(role)),
             ("AUTH_JWT_SECRET", SECRET.to_string()),
             ("MQ_RETRY_DELAYS", "200ms,400ms".to_string()),
             ("HTTP_ADDR", "127.0.0.1".to_string()),
@@ -87,6 +90,29 @@ impl Ctx {
         env
     }
 
+    /// The role's store: a SQLite file in the test's folder, or with `TEST_STORE=postgres`
+    /// a database of its own on `TEST_POSTGRES_URL`'s instance (created with the context).
+    pub fn database_url(&self, role: Role) -> String {
+        match postgres_base() {
+            Some(base) => format!("{}/{}", base, self.database_name(role)),
+            None => format!("sqlite://{}/{}.db", self.dir.path().display(), role.name),
+        }
+    }
+
+    fn database_name(&self, role: Role) -> String {
+        format!("{}_{}", self.prefix.replace('-', "_"), role.name)
+    }
+
+    /// A connection pool on the role's store, to look at what it holds.
+    pub async fn store(&self, role: Role) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url(role))
+            .await
+            .expect("the role's store")
+    }
+
     pub fn settings(&self, role: Role) -> Settings {
         Settings::load(role, &self.env(role), Path::new("/nonexistent")).expect("test settings")
     }
@@ -97,4 +123,31 @@ pub fn quiet_logs() {
     if std::env::var("RUST_LOG").is_ok() {
         meeting_events::telemetry::init_logs("info");
     }
+}
+
+/// With `TEST_STORE=postgres`, the instance the roles' databases are created on (the URL
+/// without its database).
+fn postgres_base() -> Option<String> {
+    if std::env::var("TEST_STORE").ok()?.as_str() != "postgres" {
+        return None;
+    }
+    let url = std::env::var("TEST_POSTGRES_URL")
+        .expect("TEST_STORE=postgres needs TEST_POSTGRES_URL: run scripts/test.sh");
+    let cut = url.rfind('/').expect("TEST_POSTGRES_URL has a database");
+    Some(url[..cut].to_string())
+}
+
+fn create_database(base: &str, name: &str) {
+    let status = std::process::Command::new("psql")
+        .args([
+            &format!("{base}/postgres"),
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "CREATE DATABASE {name} failed");
 }

@@ -31,7 +31,7 @@ struct Nomination {
     candidate: String,
 }
 
-async fn view(db: impl sqlx::SqliteExecutor<'_>, e: Election) -> Result<Value, ApiError> {
+async fn view(db: impl sqlx::any::AnyExecutor<'_>, e: Election) -> Result<Value, ApiError> {
     let candidates = store::candidates(db, &e.id).await?;
     Ok(json!({
         "id": e.id,
@@ -82,8 +82,8 @@ async fn nominate(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Nomination>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut tx = crate::store::begin(&state.pool).await?;
-    let e = store::by_id(&mut *tx, &id)
+    let mut tx = state.store.begin().await?;
+    let e = store::by_id_locked(&mut tx, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no election {id}")))?;
     if e.status != ElectionStatus::Nominating {

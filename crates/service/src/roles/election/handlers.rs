@@ -46,7 +46,7 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             Ok(())
         }
         Event::ElectionStart(s) => {
-            let Some(e) = store::by_item(&mut **tx, &s.meeting_id, &s.agenda_item_id).await? else {
+            let Some(e) = store::by_item_locked(tx, &s.meeting_id, &s.agenda_item_id).await? else {
                 // The start overtook its create: wait for it.
                 return Err(HandleError::Retry(format!(
                     "no election for meeting {} item {} yet (agenda.election.create not seen)",
@@ -80,7 +80,7 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             Ok(tx.emit(Event::VotingCreate(create)).await?)
         }
         Event::VotingCompleted(v) => {
-            let Some(e) = store::by_id(&mut **tx, &v.election_id).await? else {
+            let Some(e) = store::by_id_locked(tx, &v.election_id).await? else {
                 return Err(HandleError::Retry(format!(
                     "no election {} (yet)",
                     v.election_id

@@ -1,10 +1,11 @@
 //! Election tables: `elections` and `nominations`.
 
 use serde::Serialize;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 
 use crate::domain::ElectionStatus;
 use crate::envelope::now_rfc3339;
+use crate::store::{for_update, Json};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub(super) struct Election {
@@ -13,37 +14,51 @@ pub(super) struct Election {
     pub agenda_item_id: String,
     pub title: String,
     pub status: ElectionStatus,
-    #[sqlx(json(nullable))]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Json<serde_json::Value>>,
     pub created_at: String,
     pub updated_at: String,
 }
 
 pub(super) async fn by_id(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     id: &str,
 ) -> sqlx::Result<Option<Election>> {
-    sqlx::query_as("SELECT * FROM elections WHERE id = ?")
+    sqlx::query_as("SELECT * FROM elections WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await
 }
 
-pub(super) async fn by_item(
-    db: impl sqlx::SqliteExecutor<'_>,
+/// The election, its row locked until the transaction ends (nominations, the start and the
+/// result queue behind each other on every replica).
+pub(super) async fn by_id_locked(
+    tx: &mut AnyConnection,
+    id: &str,
+) -> sqlx::Result<Option<Election>> {
+    let sql = format!("SELECT * FROM elections WHERE id = $1{}", for_update(tx));
+    sqlx::query_as(&sql).bind(id).fetch_optional(tx).await
+}
+
+/// The election of an agenda item, its row locked until the transaction ends.
+pub(super) async fn by_item_locked(
+    tx: &mut AnyConnection,
     meeting_id: &str,
     item_id: &str,
 ) -> sqlx::Result<Option<Election>> {
-    sqlx::query_as("SELECT * FROM elections WHERE meeting_id = ? AND agenda_item_id = ?")
+    let sql = format!(
+        "SELECT * FROM elections WHERE meeting_id = $1 AND agenda_item_id = $2{}",
+        for_update(tx)
+    );
+    sqlx::query_as(&sql)
         .bind(meeting_id)
         .bind(item_id)
-        .fetch_optional(db)
+        .fetch_optional(tx)
         .await
 }
 
 /// Elections, filtered by the given fields.
 pub(super) async fn list(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     meeting_id: Option<&str>,
     agenda_item_id: Option<&str>,
     limit: i64,
@@ -51,8 +66,8 @@ pub(super) async fn list(
 ) -> sqlx::Result<Vec<Election>> {
     sqlx::query_as(
         "SELECT * FROM elections
-         WHERE (?1 IS NULL OR meeting_id = ?1) AND (?2 IS NULL OR agenda_item_id = ?2)
-         ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
+         WHERE ($1 IS NULL OR meeting_id = $1) AND ($2 IS NULL OR agenda_item_id = $2)
+         ORDER BY created_at, id LIMIT $3 OFFSET $4",
     )
     .bind(meeting_id)
     .bind(agenda_item_id)
@@ -64,7 +79,7 @@ pub(super) async fn list(
 
 /// Insert a new election in `nominating`; `false` when the item already has one.
 pub(super) async fn insert(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     id: &str,
     meeting_id: &str,
     item_id: &str,
@@ -73,7 +88,7 @@ pub(super) async fn insert(
     let now = now_rfc3339();
     let r = sqlx::query(
         "INSERT INTO elections (id, meeting_id, agenda_item_id, title, status, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meeting_id, agenda_item_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (meeting_id, agenda_item_id) DO NOTHING",
     )
     .bind(id)
     .bind(meeting_id)
@@ -88,14 +103,14 @@ pub(super) async fn insert(
 }
 
 pub(super) async fn set_status(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     id: &str,
     status: ElectionStatus,
     result: Option<&serde_json::Value>,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE elections SET status = ?, result = COALESCE(?, result), updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE elections SET status = $1, result = COALESCE($2, result), updated_at = $3 WHERE id = $4")
         .bind(status)
-        .bind(result.map(|r| r.to_string()))
+        .bind(result.map(Json))
         .bind(now_rfc3339())
         .bind(id)
         .execute(tx)
@@ -105,10 +120,10 @@ pub(super) async fn set_status(
 
 /// Candidates in nomination order.
 pub(super) async fn candidates(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     election_id: &str,
 ) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar("SELECT candidate FROM nominations WHERE election_id = ? ORDER BY position")
+    sqlx::query_scalar("SELECT candidate FROM nominations WHERE election_id = $1 ORDER BY position")
         .bind(election_id)
         .fetch_all(db)
         .await
@@ -116,14 +131,14 @@ pub(super) async fn candidates(
 
 /// Add a nomination; `false` when the candidate already stands.
 pub(super) async fn nominate(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     election_id: &str,
     candidate: &str,
     by: &str,
 ) -> sqlx::Result<bool> {
     let r = sqlx::query(
         "INSERT INTO nominations (election_id, candidate, nominated_by, position, created_at)
-         VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(position), 0) + 1 FROM nominations WHERE election_id = ?1), ?4)
+         VALUES ($1, $2, $3, (SELECT COALESCE(MAX(position), 0) + 1 FROM nominations WHERE election_id = $1), $4)
          ON CONFLICT (election_id, candidate) DO NOTHING",
     )
     .bind(election_id)

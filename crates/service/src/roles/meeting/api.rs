@@ -146,7 +146,9 @@ async fn add_item(
         ApiError::Invalid(format!("kind must be {}, not {:?}", e.choices(), body.kind))
     })?;
     let item_id = Uuid::new_v4().to_string();
-    let mut tx = crate::store::begin(&state.pool).await?;
+    let mut tx = state.store.begin().await?;
+    // The next position is read and taken under the meeting's lock.
+    store::meeting_locked(&mut tx, &id).await?;
     store::insert_item(
         &mut tx,
         &AgendaItem {
@@ -169,7 +171,7 @@ async fn add_item(
 }
 
 async fn find_item(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     meeting_id: &str,
     item_id: &str,
 ) -> Result<AgendaItem, ApiError> {
@@ -187,7 +189,7 @@ async fn open_item(
 ) -> Result<Json<AgendaItem>, ApiError> {
     let mut tx = managed_work(&state, &id, &user).await?;
     // Read again under the write lock: the checks and the change see the same state.
-    let meeting = store::meeting(&mut *tx, &id)
+    let meeting = store::meeting_locked(&mut tx, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no meeting {id}")))?;
     let item = find_item(&mut *tx, &id, &item_id).await?;
@@ -230,6 +232,7 @@ async fn start_election(
     Path((id, item_id)): Path<(String, String)>,
 ) -> Result<Json<AgendaItem>, ApiError> {
     let mut tx = managed_work(&state, &id, &user).await?;
+    store::meeting_locked(&mut tx, &id).await?;
     let item = find_item(&mut *tx, &id, &item_id).await?;
     if item.kind != ItemKind::Election {
         return Err(ApiError::Conflict(format!(

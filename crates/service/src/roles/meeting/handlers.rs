@@ -1,7 +1,7 @@
 //! Meeting event handlers: `election.finalized` and the `permission.*` copy.
 
 use serde_json::json;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use super::store;
 use crate::domain::{ItemKind, ItemStatus};
@@ -24,7 +24,8 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
 }
 
 /// The election item gets its result and is done.
-async fn finalized(tx: &mut SqliteConnection, done: &ElectionFinalized) -> Result<(), HandleError> {
+async fn finalized(tx: &mut AnyConnection, done: &ElectionFinalized) -> Result<(), HandleError> {
+    let meeting = store::meeting_locked(&mut *tx, &done.meeting_id).await?;
     let Some(item) = store::item(&mut *tx, &done.meeting_id, &done.agenda_item_id).await? else {
         return Err(HandleError::Retry(format!(
             "no agenda item {} in meeting {} (yet)",
@@ -47,7 +48,6 @@ async fn finalized(tx: &mut SqliteConnection, done: &ElectionFinalized) -> Resul
         "tally": done.tally,
     });
     store::finish_item(tx, &item.id, &done.election_id, &result).await?;
-    let meeting = store::meeting(&mut *tx, &done.meeting_id).await?;
     if meeting.and_then(|m| m.current_item_id).as_deref() == Some(item.id.as_str()) {
         store::set_current_item(tx, &done.meeting_id, None).await?;
     }

@@ -1,9 +1,10 @@
 //! Meeting tables: `meetings` and `agenda_items`.
 
 use serde::Serialize;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 
 use crate::domain::{ItemKind, ItemStatus};
+use crate::store::{for_update, Json};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub(super) struct Meeting {
@@ -23,34 +24,43 @@ pub(super) struct AgendaItem {
     pub kind: ItemKind,
     pub status: ItemStatus,
     pub election_id: Option<String>,
-    #[sqlx(json(nullable))]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Json<serde_json::Value>>,
 }
 
 pub(super) async fn meeting(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     id: &str,
 ) -> sqlx::Result<Option<Meeting>> {
-    sqlx::query_as("SELECT * FROM meetings WHERE id = ?")
+    sqlx::query_as("SELECT * FROM meetings WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await
 }
 
+/// The meeting, its row locked until the transaction ends: changes to its agenda queue
+/// behind each other on every replica.
+pub(super) async fn meeting_locked(
+    tx: &mut AnyConnection,
+    id: &str,
+) -> sqlx::Result<Option<Meeting>> {
+    let sql = format!("SELECT * FROM meetings WHERE id = $1{}", for_update(tx));
+    sqlx::query_as(&sql).bind(id).fetch_optional(tx).await
+}
+
 pub(super) async fn list_meetings(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<Vec<Meeting>> {
-    sqlx::query_as("SELECT * FROM meetings ORDER BY created_at, id LIMIT ? OFFSET ?")
+    sqlx::query_as("SELECT * FROM meetings ORDER BY created_at, id LIMIT $1 OFFSET $2")
         .bind(limit)
         .bind(offset)
         .fetch_all(pool)
         .await
 }
 
-pub(super) async fn insert_meeting(tx: &mut SqliteConnection, m: &Meeting) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO meetings (id, title, created_by, created_at) VALUES (?, ?, ?, ?)")
+pub(super) async fn insert_meeting(tx: &mut AnyConnection, m: &Meeting) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO meetings (id, title, created_by, created_at) VALUES ($1, $2, $3, $4)")
         .bind(&m.id)
         .bind(&m.title)
         .bind(&m.created_by)
@@ -61,11 +71,11 @@ pub(super) async fn insert_meeting(tx: &mut SqliteConnection, m: &Meeting) -> sq
 }
 
 pub(super) async fn set_current_item(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     meeting_id: &str,
     item_id: Option<&str>,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE meetings SET current_item_id = ? WHERE id = ?")
+    sqlx::query("UPDATE meetings SET current_item_id = $1 WHERE id = $2")
         .bind(item_id)
         .bind(meeting_id)
         .execute(tx)
@@ -74,31 +84,31 @@ pub(super) async fn set_current_item(
 }
 
 pub(super) async fn agenda(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     meeting_id: &str,
 ) -> sqlx::Result<Vec<AgendaItem>> {
-    sqlx::query_as("SELECT * FROM agenda_items WHERE meeting_id = ? ORDER BY position")
+    sqlx::query_as("SELECT * FROM agenda_items WHERE meeting_id = $1 ORDER BY position")
         .bind(meeting_id)
         .fetch_all(db)
         .await
 }
 
 pub(super) async fn item(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     meeting_id: &str,
     item_id: &str,
 ) -> sqlx::Result<Option<AgendaItem>> {
-    sqlx::query_as("SELECT * FROM agenda_items WHERE meeting_id = ? AND id = ?")
+    sqlx::query_as("SELECT * FROM agenda_items WHERE meeting_id = $1 AND id = $2")
         .bind(meeting_id)
         .bind(item_id)
         .fetch_optional(db)
         .await
 }
 
-pub(super) async fn insert_item(tx: &mut SqliteConnection, item: &AgendaItem) -> sqlx::Result<()> {
+pub(super) async fn insert_item(tx: &mut AnyConnection, item: &AgendaItem) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO agenda_items (id, meeting_id, position, title, kind, status)
-         VALUES (?, ?, (SELECT COALESCE(MAX(position), 0) + 1 FROM agenda_items WHERE meeting_id = ?), ?, ?, ?)",
+         VALUES ($1, $2, (SELECT COALESCE(MAX(position), 0) + 1 FROM agenda_items WHERE meeting_id = $3), $4, $5, $6)",
     )
     .bind(&item.id)
     .bind(&item.meeting_id)
@@ -112,11 +122,11 @@ pub(super) async fn insert_item(tx: &mut SqliteConnection, item: &AgendaItem) ->
 }
 
 pub(super) async fn set_item_status(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     item_id: &str,
     status: ItemStatus,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE agenda_items SET status = ? WHERE id = ?")
+    sqlx::query("UPDATE agenda_items SET status = $1 WHERE id = $2")
         .bind(status)
         .bind(item_id)
         .execute(tx)
@@ -125,12 +135,12 @@ pub(super) async fn set_item_status(
 }
 
 pub(super) async fn finish_item(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     item_id: &str,
     election_id: &str,
     result: &serde_json::Value,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE agenda_items SET status = ?, election_id = ?, result = ? WHERE id = ?")
+    sqlx::query("UPDATE agenda_items SET status = $1, election_id = $2, result = $3 WHERE id = $4")
         .bind(ItemStatus::Done)
         .bind(election_id)
         .bind(result.to_string())

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::store::{self, Permission};
+use sqlx::AnyConnection;
+
 use crate::domain::MeetingRole;
 use crate::events::{Event, PermissionChange};
 use crate::http::{page, text_field, ApiError, ApiJson, ApiQuery, AppState, User};
@@ -33,8 +35,17 @@ struct Grant {
     role: String,
 }
 
-async fn known_meeting(db: impl sqlx::SqliteExecutor<'_>, id: &str) -> Result<(), ApiError> {
-    if store::meeting_known(db, id).await? {
+async fn known_meeting(db: impl sqlx::any::AnyExecutor<'_>, id: &str) -> Result<(), ApiError> {
+    known(id, store::meeting_known(db, id).await?)
+}
+
+/// The meeting, locked for a change of its permissions.
+async fn locked_meeting(tx: &mut AnyConnection, id: &str) -> Result<(), ApiError> {
+    known(id, store::meeting_known_locked(tx, id).await?)
+}
+
+fn known(id: &str, known: bool) -> Result<(), ApiError> {
+    if known {
         Ok(())
     } else {
         Err(ApiError::NotFound(format!(
@@ -44,7 +55,7 @@ async fn known_meeting(db: impl sqlx::SqliteExecutor<'_>, id: &str) -> Result<()
 }
 
 async fn require_manager(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     id: &str,
     user: &User,
 ) -> Result<(), ApiError> {
@@ -92,7 +103,7 @@ async fn grant(
     ApiJson(body): ApiJson<Grant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut tx = state.outbox.begin().await?;
-    known_meeting(&mut *tx, &id).await?;
+    locked_meeting(&mut tx, &id).await?;
     require_manager(&mut *tx, &id, &user).await?;
     let user_id = text_field("user_id", &body.user_id, 200)?;
     let role = known_role(&body.role)?;
@@ -120,7 +131,7 @@ async fn revoke(
     Path((id, user_id, role)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.outbox.begin().await?;
-    known_meeting(&mut *tx, &id).await?;
+    locked_meeting(&mut tx, &id).await?;
     require_manager(&mut *tx, &id, &user).await?;
     let role = known_role(&role)?;
     if !store::holds(&mut *tx, &id, &user_id, role).await? {

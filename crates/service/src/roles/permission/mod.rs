@@ -5,10 +5,9 @@ mod api;
 mod handlers;
 mod store;
 
-use sqlx::migrate::Migrator;
-
 use super::RoleDef;
 use crate::events::EventType;
+use crate::store::{Migrations, COMMON};
 
 /// The permission role's definition.
 pub static ROLE: RoleDef = RoleDef {
@@ -19,8 +18,11 @@ pub static ROLE: RoleDef = RoleDef {
     publishes: &[EventType::PermissionGranted, EventType::PermissionRevoked],
     router: api::router,
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
-    migrations: &[&super::COMMON, &MIGRATIONS],
+    migrations: &[&COMMON, &MIGRATIONS],
 };
 
 /// This role's tables (versions 100 and up).
-static MIGRATIONS: Migrator = sqlx::migrate!("./src/roles/permission/migrations");
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./src/roles/permission/migrations/sqlite"),
+    postgres: sqlx::migrate!("./src/roles/permission/migrations/postgres"),
+};

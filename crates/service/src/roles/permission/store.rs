@@ -1,10 +1,11 @@
 //! Permission tables: `meetings` (known from `meeting.created`) and `permissions`.
 
 use serde::Serialize;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 
 use crate::domain::MeetingRole;
 use crate::envelope::now_rfc3339;
+use crate::store::for_update;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub(super) struct Permission {
@@ -16,25 +17,34 @@ pub(super) struct Permission {
 }
 
 pub(super) async fn meeting_known(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     id: &str,
 ) -> sqlx::Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM meetings WHERE id = ?")
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM meetings WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await?;
     Ok(found.is_some())
 }
 
+/// Whether the meeting is known, its row locked until the transaction ends: grants and
+/// revocations of one meeting queue behind each other on every replica, so "not the last
+/// manager" holds.
+pub(super) async fn meeting_known_locked(tx: &mut AnyConnection, id: &str) -> sqlx::Result<bool> {
+    let sql = format!("SELECT 1 FROM meetings WHERE id = $1{}", for_update(tx));
+    let found: Option<i64> = sqlx::query_scalar(&sql).bind(id).fetch_optional(tx).await?;
+    Ok(found.is_some())
+}
+
 /// Remember a meeting; `false` when it was known.
 pub(super) async fn insert_meeting(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     id: &str,
     title: &str,
     created_by: &str,
 ) -> sqlx::Result<bool> {
     let r = sqlx::query(
-        "INSERT INTO meetings (id, title, created_by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        "INSERT INTO meetings (id, title, created_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )
     .bind(id)
     .bind(title)
@@ -45,12 +55,12 @@ pub(super) async fn insert_meeting(
 }
 
 pub(super) async fn list(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     meeting_id: &str,
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<Vec<Permission>> {
-    sqlx::query_as("SELECT * FROM permissions WHERE meeting_id = ? ORDER BY granted_at, user_id, role LIMIT ? OFFSET ?")
+    sqlx::query_as("SELECT * FROM permissions WHERE meeting_id = $1 ORDER BY granted_at, user_id, role LIMIT $2 OFFSET $3")
         .bind(meeting_id)
         .bind(limit)
         .bind(offset)
@@ -59,13 +69,13 @@ pub(super) async fn list(
 }
 
 pub(super) async fn holds(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     meeting_id: &str,
     user: &str,
     role: MeetingRole,
 ) -> sqlx::Result<bool> {
     let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM permissions WHERE meeting_id = ? AND user_id = ? AND role = ?",
+        "SELECT 1 FROM permissions WHERE meeting_id = $1 AND user_id = $2 AND role = $3",
     )
     .bind(meeting_id)
     .bind(user)
@@ -76,11 +86,11 @@ pub(super) async fn holds(
 }
 
 pub(super) async fn count_role(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     meeting_id: &str,
     role: MeetingRole,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM permissions WHERE meeting_id = ? AND role = ?")
+    sqlx::query_scalar("SELECT COUNT(*) FROM permissions WHERE meeting_id = $1 AND role = $2")
         .bind(meeting_id)
         .bind(role)
         .fetch_one(db)
@@ -89,14 +99,14 @@ pub(super) async fn count_role(
 
 /// Grant; `false` when already held.
 pub(super) async fn grant(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     meeting_id: &str,
     user: &str,
     role: MeetingRole,
     by: &str,
 ) -> sqlx::Result<bool> {
     let r = sqlx::query(
-        "INSERT INTO permissions (meeting_id, user_id, role, granted_by, granted_at) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO permissions (meeting_id, user_id, role, granted_by, granted_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT DO NOTHING",
     )
     .bind(meeting_id)
@@ -111,13 +121,13 @@ pub(super) async fn grant(
 
 /// Revoke; `false` when not held.
 pub(super) async fn revoke(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     meeting_id: &str,
     user: &str,
     role: MeetingRole,
 ) -> sqlx::Result<bool> {
     let r =
-        sqlx::query("DELETE FROM permissions WHERE meeting_id = ? AND user_id = ? AND role = ?")
+        sqlx::query("DELETE FROM permissions WHERE meeting_id = $1 AND user_id = $2 AND role = $3")
             .bind(meeting_id)
             .bind(user)
             .bind(role)

@@ -35,7 +35,7 @@ struct Vote {
 }
 
 /// The ballot as shown to clients: the tally stays hidden while the ballot is open.
-async fn view(db: impl sqlx::SqliteExecutor<'_>, b: Ballot) -> Result<Value, ApiError> {
+async fn view(db: impl sqlx::any::AnyExecutor<'_>, b: Ballot) -> Result<Value, ApiError> {
     let votes_cast = store::votes_cast(db, &b.id).await?;
     Ok(json!({
         "id": b.id,
@@ -51,10 +51,12 @@ async fn view(db: impl sqlx::SqliteExecutor<'_>, b: Ballot) -> Result<Value, Api
     }))
 }
 
-async fn find(db: impl sqlx::SqliteExecutor<'_>, id: &str) -> Result<Ballot, ApiError> {
-    store::by_id(db, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no ballot {id}")))
+async fn find(db: impl sqlx::any::AnyExecutor<'_>, id: &str) -> Result<Ballot, ApiError> {
+    found(id, store::by_id(db, id).await?)
+}
+
+fn found(id: &str, ballot: Option<Ballot>) -> Result<Ballot, ApiError> {
+    ballot.ok_or_else(|| ApiError::NotFound(format!("no ballot {id}")))
 }
 
 async fn list(
@@ -91,15 +93,15 @@ async fn vote(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Vote>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let mut tx = crate::store::begin(&state.pool).await?;
-    let b = find(&mut *tx, &id).await?;
+    let mut tx = state.store.begin().await?;
+    let b = found(&id, store::by_id_locked(&mut tx, &id, false).await?)?;
     if b.status != BallotStatus::Open {
         return Err(ApiError::Conflict(format!("ballot {id} is closed")));
     }
-    if !b.options.contains(&body.choice) {
+    if !b.options.0.contains(&body.choice) {
         return Err(ApiError::Invalid(format!(
             "{:?} is not an option of ballot {id}: {:?}",
-            body.choice, b.options
+            body.choice, b.options.0
         )));
     }
     if !store::cast(&mut tx, &id, &user.0, &body.choice).await? {
@@ -123,7 +125,7 @@ async fn close(
     let b = find(&state.pool, &id).await?;
     grants::require_manager(&state.pool, &b.meeting_id, &user.0).await?;
     let mut tx = state.outbox.begin().await?;
-    let b = find(&mut *tx, &id).await?;
+    let b = found(&id, store::by_id_locked(&mut tx, &id, true).await?)?;
     if b.status != BallotStatus::Open {
         return Err(ApiError::Conflict(format!("ballot {id} is already closed")));
     }

@@ -8,6 +8,7 @@ use crate::envelope::{now_rfc3339, Envelope};
 use crate::events::Event;
 use crate::messaging::{HandleError, HandlerResult, Work};
 use crate::roles::grants;
+use crate::store::Json;
 
 /// The voting role's [`crate::messaging::EventHandler`]: opens ballots and keeps the copy of grants.
 pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> HandlerResult {
@@ -25,7 +26,7 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
                 election_id: c.election_id,
                 meeting_id: c.meeting_id,
                 agenda_item_id: c.agenda_item_id,
-                options,
+                options: Json(options),
                 status: BallotStatus::Open,
                 tally: None,
                 created_at: now_rfc3339(),

@@ -5,10 +5,9 @@ mod api;
 mod handlers;
 mod store;
 
-use sqlx::migrate::Migrator;
-
 use super::RoleDef;
 use crate::events::EventType;
+use crate::store::{Migrations, COMMON};
 
 /// The voting role's definition.
 pub static ROLE: RoleDef = RoleDef {
@@ -23,8 +22,11 @@ pub static ROLE: RoleDef = RoleDef {
     publishes: &[EventType::VotingCompleted],
     router: api::router,
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
-    migrations: &[&super::COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],
+    migrations: &[&COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],
 };
 
 /// This role's tables (versions 100 and up).
-static MIGRATIONS: Migrator = sqlx::migrate!("./src/roles/voting/migrations");
+static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("./src/roles/voting/migrations/sqlite"),
+    postgres: sqlx::migrate!("./src/roles/voting/migrations/postgres"),
+};

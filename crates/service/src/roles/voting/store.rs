@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 
 use crate::domain::BallotStatus;
 use crate::envelope::now_rfc3339;
+use crate::store::{for_share, for_update, Json};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub(super) struct Ballot {
@@ -14,27 +15,41 @@ pub(super) struct Ballot {
     pub election_id: String,
     pub meeting_id: String,
     pub agenda_item_id: String,
-    #[sqlx(json)]
-    pub options: Vec<String>,
+    pub options: Json<Vec<String>>,
     pub status: BallotStatus,
-    #[sqlx(json(nullable))]
-    pub tally: Option<BTreeMap<String, u64>>,
+    pub tally: Option<Json<BTreeMap<String, u64>>>,
     pub created_at: String,
     pub closed_at: Option<String>,
 }
 
 pub(super) async fn by_id(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     id: &str,
 ) -> sqlx::Result<Option<Ballot>> {
-    sqlx::query_as("SELECT * FROM ballots WHERE id = ?")
+    sqlx::query_as("SELECT * FROM ballots WHERE id = $1")
         .bind(id)
         .fetch_optional(db)
         .await
 }
 
+/// The ballot, locked until the transaction ends: `exclusive` to close it, shared to vote,
+/// so a vote either commits before the tally is taken or finds the ballot closed.
+pub(super) async fn by_id_locked(
+    tx: &mut AnyConnection,
+    id: &str,
+    exclusive: bool,
+) -> sqlx::Result<Option<Ballot>> {
+    let lock = if exclusive {
+        for_update(tx)
+    } else {
+        for_share(tx)
+    };
+    let sql = format!("SELECT * FROM ballots WHERE id = $1{lock}");
+    sqlx::query_as(&sql).bind(id).fetch_optional(tx).await
+}
+
 pub(super) async fn list(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     election_id: Option<&str>,
     meeting_id: Option<&str>,
     limit: i64,
@@ -42,8 +57,8 @@ pub(super) async fn list(
 ) -> sqlx::Result<Vec<Ballot>> {
     sqlx::query_as(
         "SELECT * FROM ballots
-         WHERE (?1 IS NULL OR election_id = ?1) AND (?2 IS NULL OR meeting_id = ?2)
-         ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
+         WHERE ($1 IS NULL OR election_id = $1) AND ($2 IS NULL OR meeting_id = $2)
+         ORDER BY created_at, id LIMIT $3 OFFSET $4",
     )
     .bind(election_id)
     .bind(meeting_id)
@@ -54,16 +69,16 @@ pub(super) async fn list(
 }
 
 /// Open a ballot for an election; `false` when it already has one.
-pub(super) async fn insert(tx: &mut SqliteConnection, b: &Ballot) -> sqlx::Result<bool> {
+pub(super) async fn insert(tx: &mut AnyConnection, b: &Ballot) -> sqlx::Result<bool> {
     let r = sqlx::query(
         "INSERT INTO ballots (id, election_id, meeting_id, agenda_item_id, options, status, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (election_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (election_id) DO NOTHING",
     )
     .bind(&b.id)
     .bind(&b.election_id)
     .bind(&b.meeting_id)
     .bind(&b.agenda_item_id)
-    .bind(serde_json::to_string(&b.options).unwrap_or_else(|_| "[]".into()))
+    .bind(&b.options)
     .bind(b.status)
     .bind(&b.created_at)
     .execute(tx)
@@ -72,10 +87,10 @@ pub(super) async fn insert(tx: &mut SqliteConnection, b: &Ballot) -> sqlx::Resul
 }
 
 pub(super) async fn votes_cast(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::any::AnyExecutor<'_>,
     ballot_id: &str,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM votes WHERE ballot_id = ?")
+    sqlx::query_scalar("SELECT COUNT(*) FROM votes WHERE ballot_id = $1")
         .bind(ballot_id)
         .fetch_one(db)
         .await
@@ -83,13 +98,13 @@ pub(super) async fn votes_cast(
 
 /// Record a vote; `false` when the user has voted already.
 pub(super) async fn cast(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     ballot_id: &str,
     user: &str,
     choice: &str,
 ) -> sqlx::Result<bool> {
     let r = sqlx::query(
-        "INSERT INTO votes (ballot_id, user_id, choice, cast_at) VALUES (?, ?, ?, ?)
+        "INSERT INTO votes (ballot_id, user_id, choice, cast_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (ballot_id, user_id) DO NOTHING",
     )
     .bind(ballot_id)
@@ -103,22 +118,23 @@ pub(super) async fn cast(
 
 /// Count the votes (every option present, zero included) and close the ballot.
 pub(super) async fn close(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     ballot: &Ballot,
 ) -> sqlx::Result<(BTreeMap<String, u64>, u64)> {
     let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT choice, COUNT(*) FROM votes WHERE ballot_id = ? GROUP BY choice")
+        sqlx::query_as("SELECT choice, COUNT(*) FROM votes WHERE ballot_id = $1 GROUP BY choice")
             .bind(&ballot.id)
             .fetch_all(&mut *tx)
             .await?;
-    let mut tally: BTreeMap<String, u64> = ballot.options.iter().map(|o| (o.clone(), 0)).collect();
+    let mut tally: BTreeMap<String, u64> =
+        ballot.options.0.iter().map(|o| (o.clone(), 0)).collect();
     for (choice, n) in rows {
         tally.insert(choice, n as u64);
     }
     let cast = tally.values().sum();
-    sqlx::query("UPDATE ballots SET status = ?, tally = ?, closed_at = ? WHERE id = ?")
+    sqlx::query("UPDATE ballots SET status = $1, tally = $2, closed_at = $3 WHERE id = $4")
         .bind(BallotStatus::Closed)
-        .bind(serde_json::to_string(&tally).unwrap_or_else(|_| "{}".into()))
+        .bind(Json(&tally))
         .bind(now_rfc3339())
         .bind(&ballot.id)
         .execute(&mut *tx)
