@@ -11,3 +11,4 @@ mod interop;
 mod messaging;
 mod operator;
 mod process;
+mod replicas;
