@@ -55,7 +55,7 @@ pub struct Variable {
 pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "AMQP_URL",
-        help: "broker URI, `amqp://user:pass@host:port/vhost` (`amqps://` for TLS)",
+        help: "broker URI, `amqp://user:pass@host:port/vhost` (`amqps://` for TLS); for a cluster, one per node separated by commas, tried in turn",
         default: Default::Fixed("amqp://guest:guest@localhost:5672/%2f"),
         scope: Scope::Shared,
     },
@@ -105,6 +105,12 @@ pub const VARIABLES: &[Variable] = &[
         name: "MQ_QUEUE_TYPE",
         help: "`classic` or `quorum`, for the queue, its retry queues and its dead-letter queue",
         default: Default::Fixed("classic"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_DELIVERY_LIMIT",
+        help: "quorum queues: deliveries of one message before the broker itself parks it in the dead-letter queue, so a message that crashes its consumer cannot loop",
+        default: Default::Fixed("20"),
         scope: Scope::Shared,
     },
     Variable {
@@ -279,11 +285,11 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The broker URI. `Display` and `Debug` show it with the password masked.
+/// The broker's URIs: one node, or several nodes of a cluster (comma-separated), tried in
+/// turn. `Display` and `Debug` show them with the passwords masked.
 #[derive(Clone)]
 pub struct AmqpUrl {
-    raw: Secret,
-    redacted: String,
+    nodes: Vec<(Secret, String)>,
 }
 
 impl AmqpUrl {
@@ -291,41 +297,63 @@ impl AmqpUrl {
         let invalid = || {
             ConfigError::new(
                 "AMQP_URL",
-                "not a valid AMQP URI (expected amqp://user:pass@host:port/vhost or amqps://…)",
+                "not a valid AMQP URI (expected amqp://user:pass@host:port/vhost or amqps://…, \
+                 several separated by commas for a cluster)",
             )
         };
-        let uri = lapin::uri::AMQPUri::from_str(raw).map_err(|_| invalid())?;
-        let scheme = if raw.starts_with("amqps://") {
-            "amqps"
-        } else {
-            "amqp"
-        };
-        let vhost = uri.vhost.replace('/', "%2f");
-        let redacted = format!(
-            "{scheme}://{}:****@{}:{}/{vhost}",
-            uri.authority.userinfo.username, uri.authority.host, uri.authority.port
-        );
-        Ok(Self {
-            raw: Secret::new(raw),
-            redacted,
-        })
+        let mut nodes = Vec::new();
+        for one in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let uri = lapin::uri::AMQPUri::from_str(one).map_err(|_| invalid())?;
+            let scheme = if one.starts_with("amqps://") {
+                "amqps"
+            } else {
+                "amqp"
+            };
+            let vhost = uri.vhost.replace('/', "%2f");
+            let redacted = format!(
+                "{scheme}://{}:****@{}:{}/{vhost}",
+                uri.authority.userinfo.username, uri.authority.host, uri.authority.port
+            );
+            nodes.push((Secret::new(one), redacted));
+        }
+        if nodes.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Self { nodes })
     }
 
-    /// The full URI, password included: pass it to the client library only.
+    /// The first node's full URI, password included: pass it to the client library only.
     pub fn expose(&self) -> &str {
-        self.raw.expose()
+        self.nodes[0].0.expose()
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: a URL has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i` (modulo the count): its full URI, and how to show it.
+    pub fn node(&self, i: usize) -> (&str, &str) {
+        let (raw, shown) = &self.nodes[i % self.nodes.len()];
+        (raw.expose(), shown)
     }
 }
 
 impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted)
+        let shown: Vec<&str> = self.nodes.iter().map(|(_, s)| s.as_str()).collect();
+        f.write_str(&shown.join(","))
     }
 }
 
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AmqpUrl({})", self.redacted)
+        write!(f, "AmqpUrl({self})")
     }
 }
 
@@ -370,6 +398,8 @@ pub struct MqSettings {
     pub bindings: Vec<String>,
     pub prefetch: u16,
     pub queue_type: QueueType,
+    /// Quorum queues: deliveries of a message before the broker dead-letters it.
+    pub delivery_limit: u32,
     /// Delay before each retry of a failed handler; after the last one the message is parked.
     pub retry_delays: Vec<Duration>,
 }
@@ -533,6 +563,11 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
             format!("{queue_type:?} is not {}", e.choices()),
         )
     })?;
+    let delivery_limit = get("MQ_DELIVERY_LIMIT")
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ConfigError::new("MQ_DELIVERY_LIMIT", "must be a whole number above 0"))?;
     let retry_delays = list(&get("MQ_RETRY_DELAYS"))
         .iter()
         .map(|d| parse_duration("MQ_RETRY_DELAYS", d))
@@ -606,6 +641,7 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
             bindings,
             prefetch,
             queue_type,
+            delivery_limit,
             retry_delays,
         },
         http_addr,
@@ -694,6 +730,7 @@ mod tests {
         for (var, value) in [
             ("HTTP_PORT", "eighty"),
             ("MQ_PREFETCH", "0"),
+            ("MQ_DELIVERY_LIMIT", "0"),
             ("MQ_QUEUE_TYPE", "stream"),
             ("MQ_EXCHANGE_TYPE", "x-delayed"),
             ("MQ_EXCHANGE", " "),
@@ -723,6 +760,24 @@ mod tests {
         );
         let err = load(&[("AMQP_URL", "amqp://bob:hunter2@rabbit:notaport/x")]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_cluster_is_several_nodes_tried_in_turn() {
+        let s = load(&[(
+            "AMQP_URL",
+            "amqp://bob:hunter2@r1:5672/%2f, amqp://bob:hunter2@r2:5672/%2f,amqp://bob:hunter2@r3:5673/%2f",
+        )])
+        .unwrap();
+        assert_eq!(s.mq.url.len(), 3);
+        assert_eq!(s.mq.url.node(4).0, "amqp://bob:hunter2@r2:5672/%2f");
+        let shown = s.mq.url.to_string();
+        assert_eq!(
+            shown,
+            "amqp://bob:****@r1:5672/%2f,amqp://bob:****@r2:5672/%2f,amqp://bob:****@r3:5673/%2f"
+        );
+        let err = load(&[("AMQP_URL", "amqp://a@r1/%2f,http://r2")]).unwrap_err();
+        assert_eq!(err.variable, "AMQP_URL");
     }
 
     #[test]

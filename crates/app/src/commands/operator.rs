@@ -21,14 +21,18 @@ use meeting_events::Role;
 use super::Failure;
 
 async fn connect(mq: &MqSettings) -> anyhow::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name("app-operator".into());
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(mq.url.expose(), props),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out connecting to {}", mq.url))?
-    .with_context(|| format!("cannot connect to {}", mq.url))
+    // Each node of the cluster in turn, until one answers.
+    let mut last = None;
+    for i in 0..mq.url.len() {
+        let (url, shown) = mq.url.node(i);
+        let props = ConnectionProperties::default().with_connection_name("app-operator".into());
+        match tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props)).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => last = Some(anyhow::anyhow!("cannot connect to {shown}: {e}")),
+            Err(_) => last = Some(anyhow::anyhow!("timed out connecting to {shown}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("AMQP_URL names no broker")))
 }
 
 fn shared_settings() -> anyhow::Result<Settings> {
@@ -216,7 +220,12 @@ pub(crate) async fn dlq_list(service: &str) -> anyhow::Result<()> {
             message_id(m),
             headers::count(p, headers::ATTEMPTS).unwrap_or(0),
             headers::text(p, headers::PARKED_AT).unwrap_or_else(|| "-".into()),
-            headers::text(p, headers::REASON).unwrap_or_default(),
+            headers::text(p, headers::REASON)
+                .or_else(|| {
+                    // Dead-lettered by the broker itself (a quorum queue's delivery limit).
+                    headers::text(p, "x-first-death-reason").map(|r| format!("broker: {r}"))
+                })
+                .unwrap_or_default(),
             preview(&m.delivery.data),
         );
     }
@@ -342,7 +351,7 @@ async fn verify(all: &[Settings]) -> anyhow::Result<bool> {
         }
         queues.push((
             topology::dead_letter_queue(&mq.queue),
-            topology::main_queue_args(mq),
+            topology::dead_letter_queue_args(mq),
         ));
         for (name, args) in queues {
             let check = check_queue(&conn, &name, args).await?;

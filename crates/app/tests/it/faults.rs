@@ -313,6 +313,64 @@ async fn quorum_queues_retry_and_park_like_classic_ones() {
 }
 
 #[tokio::test]
+async fn a_message_that_keeps_crashing_its_consumer_is_parked_by_the_quorum_queue() {
+    let mut ctx = Ctx::new();
+    ctx.extra.insert("MQ_QUEUE_TYPE".into(), "quorum".into());
+    ctx.extra.insert("MQ_DELIVERY_LIMIT".into(), "2".into());
+    // The role declares its queues, then is gone: a crashing consumer takes its place.
+    Running::spawn(&ctx, &ELECTION).await.stop().await.unwrap();
+    let bus = Bus::connect(&ctx).await;
+    let start = Envelope::new(
+        &Event::ElectionStart(meeting_events::events::ElectionStart {
+            meeting_id: "crash".into(),
+            agenda_item_id: "i".into(),
+        }),
+        "meeting-service",
+    );
+    bus.publish(&start).await;
+    let queue = ctx.queue(&ELECTION);
+    let dlq = meeting_events::messaging::topology::dead_letter_queue(&queue);
+    // Each "crash" hands the delivery back unacknowledged, as a dying consumer's channel does.
+    let mut deliveries = 0;
+    while bus.queue_len(&dlq).await == 0 && deliveries < 10 {
+        if let Some(m) = bus
+            .channel
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()
+        {
+            deliveries += 1;
+            m.delivery
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let parked = bus.drain(&dlq).await;
+    assert_eq!(
+        parked.len(),
+        1,
+        "parked by the broker after {deliveries} deliveries"
+    );
+    assert_eq!(
+        Envelope::from_bytes(&parked[0].delivery.data).unwrap(),
+        start
+    );
+    assert!(
+        deliveries <= 3,
+        "the delivery limit stopped the loop: {deliveries}"
+    );
+    assert_eq!(bus.queue_len(&queue).await, 0);
+}
+
+#[tokio::test]
 async fn connections_closed_by_the_broker_are_reopened_and_events_flow_again() {
     let broker = PrivateBroker::start();
     let ctx = Ctx::on(broker.url.clone());

@@ -9,7 +9,7 @@
 //! lapin's own recovery is not used: re-declaring the topology and re-attaching the
 //! consumer ourselves is one code path that the fault suite exercises end to end.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ struct Inner {
     broken: tokio::sync::Notify,
     consumer_attached: AtomicBool,
     next_id: AtomicU64,
+    /// Which of the broker's nodes to connect to next (`AMQP_URL` lists them).
+    node: AtomicUsize,
 }
 
 /// Handle to the role's broker connection. Cheap to clone.
@@ -61,6 +63,7 @@ impl Broker {
                 broken: tokio::sync::Notify::new(),
                 consumer_attached: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
+                node: AtomicUsize::new(0),
             }),
         };
         tokio::spawn(broker.clone().supervise(shutdown));
@@ -137,7 +140,8 @@ impl Broker {
             match attempt {
                 Ok(session) => {
                     backoff = BACKOFF_MIN;
-                    tracing::info!(service = %mq.service_name, broker = %mq.url, session = session.id, "connected to the broker");
+                    let (_, node) = mq.url.node(self.inner.node.load(Ordering::Relaxed));
+                    tracing::info!(service = %mq.service_name, broker = node, session = session.id, "connected to the broker");
                     let events = session.connection.events_listener();
                     self.inner.session.send_replace(Some(session.clone()));
                     connected_gauge.set(1.0);
@@ -151,6 +155,8 @@ impl Broker {
                     }
                     self.inner.session.send_replace(None);
                     connected_gauge.set(0.0);
+                    // The node may be the one that went away: start with the next.
+                    self.inner.node.fetch_add(1, Ordering::Relaxed);
                     close_quietly(&session.connection, 320, "reconnecting").await;
                 }
                 Err(e) => {
@@ -169,7 +175,16 @@ impl Broker {
         let mq = &self.inner.mq;
         let props =
             ConnectionProperties::default().with_connection_name(mq.service_name.as_str().into());
-        let connection = Connection::connect(mq.url.expose(), props).await?;
+        let (url, shown) = mq.url.node(self.inner.node.load(Ordering::Relaxed));
+        tracing::debug!(service = %mq.service_name, broker = shown, "connecting");
+        let connection = match Connection::connect(url, props).await {
+            Ok(c) => c,
+            Err(e) => {
+                // This node is away: the next attempt goes to the next one.
+                self.inner.node.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
         let setup = connection.create_channel().await?;
         topology::declare(&setup, mq).await?;
         let _ = setup.close(200, "topology declared".into()).await;

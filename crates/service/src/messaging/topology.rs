@@ -56,8 +56,32 @@ fn queue_args(queue_type: QueueType, extra: &[(&str, AMQPValue)]) -> FieldTable 
     args
 }
 
-/// Arguments the main queue is declared with (also checked by `topology verify`).
+/// Arguments the main queue is declared with (also checked by `topology verify`). A quorum
+/// queue counts the deliveries of each message; past `MQ_DELIVERY_LIMIT` — a message whose
+/// handling keeps crashing the consumer before it can ack, retry or park it — the broker
+/// dead-letters it to the dead-letter queue itself.
 pub fn main_queue_args(mq: &MqSettings) -> FieldTable {
+    match mq.queue_type {
+        QueueType::Classic => queue_args(mq.queue_type, &[]),
+        QueueType::Quorum => queue_args(
+            mq.queue_type,
+            &[
+                (
+                    "x-delivery-limit",
+                    AMQPValue::LongLongInt(i64::from(mq.delivery_limit)),
+                ),
+                ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+                (
+                    "x-dead-letter-routing-key",
+                    AMQPValue::LongString(dead_letter_queue(&mq.queue).as_str().into()),
+                ),
+            ],
+        ),
+    }
+}
+
+/// Arguments the dead-letter queue is declared with.
+pub fn dead_letter_queue_args(mq: &MqSettings) -> FieldTable {
     queue_args(mq.queue_type, &[])
 }
 
@@ -117,7 +141,7 @@ pub(crate) async fn declare(channel: &Channel, mq: &MqSettings) -> lapin::Result
         .queue_declare(
             dead_letter_queue(&mq.queue).as_str().into(),
             durable,
-            queue_args(mq.queue_type, &[]),
+            dead_letter_queue_args(mq),
         )
         .await?;
     Ok(())
