@@ -19,14 +19,17 @@ if [ "${1:-}" != "--suites" ]; then
 fi
 shift
 
+# The scale-out test brings its own cluster and PostgreSQL: it runs once, in the first pass.
 if cargo nextest --version >/dev/null 2>&1; then
   runner=(cargo nextest run --no-fail-fast)
+  not_scale=(-E 'not test(/^scale::/)')
 else
   runner=(cargo test --no-fail-fast)
+  not_scale=(-- --skip scale::)
 fi
 status=0
 echo "== every test; stores on SQLite" >&2
 "${runner[@]}" --workspace "$@" || status=$?
 echo "== the integration suite; stores on PostgreSQL" >&2
-TEST_STORE=postgres "${runner[@]}" -p app --test it "$@" || status=$?
+TEST_STORE=postgres "${runner[@]}" -p app --test it "$@" "${not_scale[@]}" || status=$?
 exit $status

@@ -12,3 +12,4 @@ mod messaging;
 mod operator;
 mod process;
 mod replicas;
+mod scale;

@@ -101,6 +101,37 @@ impl Bus {
             .expect("bind");
     }
 
+    /// A durable quorum queue of the test's own bound to `binding`: it keeps every copy
+    /// that reached the cluster, whichever node is lost.
+    pub async fn quorum_queue(&self, name: &str, binding: &str) {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await
+            .expect("queue");
+        self.channel
+            .queue_bind(
+                name.into(),
+                self.exchange.as_str().into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+
     /// A spy queue bound to `binding`, collecting envelopes from now on.
     pub async fn spy(&self, binding: &str) -> Spy {
         let ch = self.conn.create_channel().await.expect("channel");
@@ -222,8 +253,12 @@ impl Drop for PrivateBroker {
     }
 }
 
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts")
+}
+
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/broker.sh")
+    scripts().join("broker.sh")
 }
 
 fn broker_script(args: &[&str]) -> String {
@@ -233,5 +268,90 @@ fn broker_script(args: &[&str]) -> String {
         .output()
         .expect("broker.sh");
     assert!(out.status.success(), "broker.sh {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A cluster of the test's own: three RabbitMQ nodes and a PostgreSQL instance, from
+/// `scripts/cluster.sh`.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    /// Every node, comma-separated, node 1 first.
+    pub amqp_url: String,
+    /// The PostgreSQL instance, without a database.
+    pub postgres: String,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("cluster")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let out = cluster_script(&["start", &dir.path().display().to_string()]);
+        let value = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .expect(key)
+                .trim_matches('\'')
+                .to_string()
+        };
+        let (amqp_url, postgres) = (value("AMQP_URL"), value("TEST_POSTGRES_URL"));
+        let postgres = postgres[..postgres.rfind('/').expect("a database")].to_string();
+        Self {
+            dir,
+            amqp_url,
+            postgres,
+        }
+    }
+
+    /// Node `n`'s own URL (1–3).
+    pub fn node_url(&self, n: usize) -> String {
+        self.amqp_url
+            .split(',')
+            .nth(n - 1)
+            .expect("node")
+            .to_string()
+    }
+
+    /// SIGKILL node `n`, as a crash.
+    pub fn kill_node(&self, n: usize) {
+        cluster_script(&[
+            "kill-node",
+            &self.dir.path().display().to_string(),
+            &n.to_string(),
+        ]);
+    }
+
+    pub fn restart_node(&self, n: usize) {
+        cluster_script(&[
+            "restart-node",
+            &self.dir.path().display().to_string(),
+            &n.to_string(),
+        ]);
+    }
+
+    /// The node leading a quorum queue.
+    pub fn leader(&self, queue: &str) -> usize {
+        cluster_script(&["leader", &self.dir.path().display().to_string(), queue])
+            .parse()
+            .expect("a node number")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(scripts().join("cluster.sh"))
+            .args(["stop", &self.dir.path().display().to_string()])
+            .status();
+    }
+}
+
+fn cluster_script(args: &[&str]) -> String {
+    let out = Command::new(scripts().join("cluster.sh"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cluster.sh");
+    assert!(out.status.success(), "cluster.sh {args:?} failed");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

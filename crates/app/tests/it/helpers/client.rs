@@ -59,6 +59,18 @@ impl Client {
         respond(self.auth(self.http.post(url)).json(&body).send().await).await
     }
 
+    /// POST, or `None` when the request could not be sent or answered (a dead server).
+    pub async fn try_post(&self, url: &str, body: Value) -> Option<(u16, Value)> {
+        let r = self
+            .auth(self.http.post(url))
+            .json(&body)
+            .send()
+            .await
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
     pub async fn post_raw(&self, url: &str, body: &'static str) -> (u16, Value) {
         let rb = self
             .http

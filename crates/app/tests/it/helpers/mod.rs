@@ -42,6 +42,8 @@ pub struct Ctx {
     pub amqp_url: String,
     pub dir: tempfile::TempDir,
     pub extra: HashMap<String, String>,
+    /// The PostgreSQL instance holding the roles' stores, if not SQLite.
+    pub postgres: Option<String>,
 }
 
 impl Ctx {
@@ -50,6 +52,12 @@ impl Ctx {
     }
 
     pub fn on(amqp_url: String) -> Self {
+        Self::with_stores(amqp_url, postgres_base())
+    }
+
+    /// A context whose roles keep their stores on the PostgreSQL instance at `postgres`
+    /// (its URL without a database), or on SQLite files when `None`.
+    pub fn with_stores(amqp_url: String, postgres: Option<String>) -> Self {
         let prefix = unique("t");
         let ctx = Self {
             exchange: format!("{prefix}-events"),
@@ -57,10 +65,11 @@ impl Ctx {
             amqp_url,
             dir: tempfile::tempdir().expect("tempdir"),
             extra: HashMap::new(),
+            postgres,
         };
-        if let Some(base) = postgres_base() {
+        if let Some(base) = &ctx.postgres {
             for role in meeting_events::roles::ALL {
-                create_database(&base, &ctx.database_name(role));
+                create_database(base, &ctx.database_name(role));
             }
         }
         ctx
@@ -93,7 +102,7 @@ impl Ctx {
     /// The role's store: a SQLite file in the test's folder, or with `TEST_STORE=postgres`
     /// a database of its own on `TEST_POSTGRES_URL`'s instance (created with the context).
     pub fn database_url(&self, role: Role) -> String {
-        match postgres_base() {
+        match &self.postgres {
             Some(base) => format!("{}/{}", base, self.database_name(role)),
             None => format!("sqlite://{}/{}.db", self.dir.path().display(), role.name),
         }
@@ -127,7 +136,7 @@ pub fn quiet_logs() {
 
 /// With `TEST_STORE=postgres`, the instance the roles' databases are created on (the URL
 /// without its database).
-fn postgres_base() -> Option<String> {
+pub fn postgres_base() -> Option<String> {
     if std::env::var("TEST_STORE").ok()?.as_str() != "postgres" {
         return None;
     }
@@ -137,7 +146,7 @@ fn postgres_base() -> Option<String> {
     Some(url[..cut].to_string())
 }
 
-fn create_database(base: &str, name: &str) {
+pub fn create_database(base: &str, name: &str) {
     let status = std::process::Command::new("psql")
         .args([
             &format!("{base}/postgres"),

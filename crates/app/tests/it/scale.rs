@@ -1,0 +1,311 @@
+//! Scaled out: two replicas of every role as separate processes, their stores on PostgreSQL,
+//! a three-node RabbitMQ cluster with quorum queues. A bounded stream of API requests runs
+//! while a broker node or a replica is killed and brought back; afterwards every 2xx's
+//! events are applied exactly once, the outboxes and dead-letter queues are empty, and the
+//! publishes are counted beside the events (README, "Scaling out").
+
+use std::collections::HashMap;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meeting_events::envelope::Envelope;
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Requests in the stream, and how many run at once.
+const REQUESTS: usize = 400;
+const CLIENTS: usize = 4;
+
+/// One replica: its process, its port.
+struct Replica {
+    role: Role,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Replica {
+    fn start(ctx: &Ctx, role: Role, port: u16) -> Self {
+        Self {
+            role,
+            port,
+            child: Some(spawn_process(ctx, role, port)),
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Two replicas of every role on `ctx`.
+async fn start_replicas(ctx: &Ctx) -> Vec<Replica> {
+    let mut all = Vec::new();
+    for role in meeting_events::roles::ALL {
+        for _ in 0..2 {
+            all.push(Replica::start(ctx, role, free_port()));
+        }
+    }
+    for r in &all {
+        assert!(
+            wait_ready_at(&r.base(), Duration::from_secs(60)).await,
+            "{} on {} did not become ready",
+            r.role,
+            r.port
+        );
+    }
+    all
+}
+
+async fn all_ready(replicas: &[Replica], within: Duration) -> bool {
+    for r in replicas {
+        if !wait_ready_at(&r.base(), within).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// POST /meetings `REQUESTS` times over the meeting replicas; the ids of the 201s. `fault`
+/// runs once a third of the stream has been sent.
+async fn stream(
+    meetings: [String; 2],
+    fault: impl std::future::Future<Output = ()>,
+) -> Vec<String> {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (accepted, next, meetings) = (accepted.clone(), next.clone(), meetings.clone());
+            tokio::spawn(async move {
+                let alice = Client::as_user("alice");
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= REQUESTS {
+                        break;
+                    }
+                    let url = format!("{}/meetings", meetings[n % 2]);
+                    // A replica being killed may drop the request: not accepted, not counted.
+                    let answer = alice
+                        .try_post(&url, json!({"title": format!("scaled {n}")}))
+                        .await;
+                    if let Some((201, body)) = answer {
+                        accepted
+                            .lock()
+                            .unwrap()
+                            .push(body["id"].as_str().unwrap().to_string());
+                    }
+                }
+            })
+        })
+        .collect();
+    while next.load(std::sync::atomic::Ordering::Relaxed) < REQUESTS / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    fault.await;
+    for w in workers {
+        w.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    accepted
+}
+
+async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// After the stream: every accepted meeting's `meeting.created` applied once by the
+/// permission role and its `permission.granted` once by the meeting role; nothing left in
+/// the outboxes or the dead-letter queues. Prints the counts.
+async fn assert_exactly_once(
+    case: &str,
+    ctx: &Ctx,
+    bus: &Bus,
+    spy: &str,
+    accepted: &[String],
+    ready_after: Duration,
+) {
+    let want = accepted.len() as i64;
+    let permission = ctx.store(&PERMISSION).await;
+    let meeting = ctx.store(&MEETING).await;
+    let drained = eventually(Duration::from_secs(90), || async {
+        let done = count(&permission, "SELECT COUNT(*) FROM meetings").await >= want
+            && count(&meeting, "SELECT COUNT(*) FROM grants").await >= want
+            && count(&permission, "SELECT COUNT(*) FROM outbox").await == 0
+            && count(&meeting, "SELECT COUNT(*) FROM outbox").await == 0;
+        done.then_some(())
+    })
+    .await;
+    // Copies on the bus, by event: what was published against what happened.
+    let mut copies: HashMap<String, (String, usize)> = HashMap::new();
+    for m in bus.drain(spy).await {
+        if let Ok(env) = Envelope::from_bytes(&m.delivery.data) {
+            copies.entry(env.event_id).or_insert((env.event_type, 0)).1 += 1;
+        }
+    }
+    let events = copies.len();
+    let publishes: usize = copies.values().map(|(_, n)| n).sum();
+    let ids: std::collections::HashSet<String> = sqlx::query_scalar("SELECT id FROM meetings")
+        .fetch_all(&permission)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let lost = accepted.iter().filter(|id| !ids.contains(*id)).count();
+    let (meetings, grants, inbox_p, inbox_m, meeting_grants) = (
+        count(&permission, "SELECT COUNT(*) FROM meetings").await,
+        count(&permission, "SELECT COUNT(*) FROM permissions").await,
+        count(&permission, "SELECT COUNT(*) FROM inbox").await,
+        count(&meeting, "SELECT COUNT(*) FROM inbox").await,
+        count(&meeting, "SELECT COUNT(*) FROM grants").await,
+    );
+    let mut parked = 0;
+    for role in meeting_events::roles::ALL {
+        parked += bus
+            .queue_len(&meeting_events::messaging::topology::dead_letter_queue(
+                &ctx.queue(role),
+            ))
+            .await;
+    }
+    eprintln!(
+        "scale-out, {case}: accepted {want} of {REQUESTS}, applied {meetings} meetings / {grants} grants \
+         (permission) and {meeting_grants} grants (meeting), lost {lost}, events {events}, publishes \
+         {publishes}, duplicates absorbed by the inboxes {}, parked {parked}, every replica ready \
+         {:.1}s after the node or replica returned",
+        publishes - events,
+        ready_after.as_secs_f64()
+    );
+    assert!(drained.is_some(), "{case}: the system drained");
+    assert_eq!(lost, 0, "{case}: lost accepted events");
+    assert_eq!(meetings, want, "{case}: each meeting.created applied once");
+    assert_eq!(grants, want, "{case}: one grant per meeting");
+    assert_eq!(
+        meeting_grants, want,
+        "{case}: each permission.granted applied once"
+    );
+    assert_eq!(
+        inbox_p, want,
+        "{case}: the permission inbox holds each event once"
+    );
+    assert_eq!(
+        inbox_m, want,
+        "{case}: the meeting inbox holds each event once"
+    );
+    assert_eq!(
+        events as i64,
+        2 * want,
+        "{case}: every event reached the bus"
+    );
+    assert_eq!(parked, 0, "{case}: nothing parked");
+}
+
+/// A context on the cluster: quorum queues, stores on its PostgreSQL, every replica
+/// listing node 1 first (so node 1 leads the queues they declare).
+async fn scaled_context(cluster: &Cluster) -> (Ctx, Bus, String) {
+    let mut ctx = Ctx::with_stores(cluster.amqp_url.clone(), Some(cluster.postgres.clone()));
+    ctx.extra.insert("MQ_QUEUE_TYPE".into(), "quorum".into());
+    ctx.extra.insert("DATABASE_POOL_SIZE".into(), "4".into());
+    // The test's own connection goes through node 3, which is never killed.
+    let bus = Bus::connect_to(&cluster.node_url(3), &ctx.exchange).await;
+    let spy = format!("{}-spy", ctx.prefix);
+    bus.quorum_queue(&spy, "#").await;
+    (ctx, bus, spy)
+}
+
+#[tokio::test]
+async fn scaled_out_nothing_is_lost_or_doubled_when_a_broker_node_or_a_replica_dies() {
+    let cluster = Cluster::start();
+
+    // Case 1: the node leading the roles' queues is killed mid-stream, then restarted.
+    let (ctx, bus, spy) = scaled_context(&cluster).await;
+    let replicas = start_replicas(&ctx).await;
+    let leader = cluster.leader(&ctx.queue(&PERMISSION));
+    assert_ne!(leader, 3, "the test's own node must survive");
+    let meetings = [replicas[2].base(), replicas[3].base()];
+    let ready_after = Arc::new(Mutex::new(None));
+    let accepted = stream(meetings, {
+        let (cluster, ready_after, replicas) = (&cluster, ready_after.clone(), &replicas);
+        async move {
+            cluster.kill_node(leader);
+            let killed = Instant::now();
+            assert!(all_ready(replicas, Duration::from_secs(60)).await, "every replica ready on the other nodes");
+            let failover = killed.elapsed();
+            tokio::time::sleep(Duration::from_secs(3).saturating_sub(failover)).await;
+            cluster.restart_node(leader);
+            let back = Instant::now();
+            assert!(all_ready(replicas, Duration::from_secs(60)).await, "every replica ready again");
+            eprintln!("scale-out, leader node killed: every replica ready on the surviving nodes {:.2}s after the kill", failover.as_secs_f64());
+            *ready_after.lock().unwrap() = Some(back.elapsed());
+        }
+    })
+    .await;
+    let ready_after = ready_after.lock().unwrap().unwrap_or_default();
+    assert_exactly_once(
+        "leader node killed",
+        &ctx,
+        &bus,
+        &spy,
+        &accepted,
+        ready_after,
+    )
+    .await;
+    drop(replicas);
+
+    // Case 2: one replica of the permission role and one of the meeting role are killed
+    // mid-stream, then started again.
+    let (ctx, bus, spy) = scaled_context(&cluster).await;
+    let mut replicas = start_replicas(&ctx).await;
+    // Requests go to both meeting replicas; the one killed refuses connections meanwhile.
+    let meetings = [replicas[2].base(), replicas[3].base()];
+    let (permission_port, meeting_port) = (replicas[0].port, replicas[2].port);
+    let restarted = Arc::new(Mutex::new(Vec::new()));
+    let ready_after = Arc::new(Mutex::new(None));
+    let accepted = stream(meetings, {
+        let (restarted, ready_after, ctx) = (restarted.clone(), ready_after.clone(), &ctx);
+        let (a, b) = replicas.split_at_mut(2);
+        let (permission_replica, meeting_replica) = (&mut a[0], &mut b[0]);
+        async move {
+            permission_replica.kill();
+            meeting_replica.kill();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let back = Instant::now();
+            let again = vec![
+                Replica::start(ctx, &PERMISSION, permission_port),
+                Replica::start(ctx, &MEETING, meeting_port),
+            ];
+            assert!(
+                all_ready(&again, Duration::from_secs(60)).await,
+                "the restarted replicas are ready"
+            );
+            *ready_after.lock().unwrap() = Some(back.elapsed());
+            restarted.lock().unwrap().extend(again);
+        }
+    })
+    .await;
+    let restarted = std::mem::take(&mut *restarted.lock().unwrap());
+    let ready_after = ready_after.lock().unwrap().unwrap_or_default();
+    assert_exactly_once(
+        "a permission and a meeting replica killed",
+        &ctx,
+        &bus,
+        &spy,
+        &accepted,
+        ready_after,
+    )
+    .await;
+    drop(restarted);
+}
