@@ -35,7 +35,7 @@ step "hadolint Dockerfile"
 hadolint --failure-threshold warning Dockerfile
 
 step "kustomize + kubernetes-validate --strict"
-for k in k8s/base k8s/overlays/dev; do
+for k in k8s/base k8s/overlays/dev k8s/overlays/prod; do
   kubectl kustomize "$k" >"$tools/rendered.yaml"
   # Core kinds are validated against the bundled schemas; the ServiceMonitor CRD has none
   # there, which kubernetes-validate reports as a warning.
