@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Length of the paced chain run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub paced_for: Duration,
+    /// A PostgreSQL instance (URL of any database on it): the chain also runs with the
+    /// roles' stores there, with one and with two replicas per role.
+    #[arg(long, env = "TEST_POSTGRES_URL")]
+    pub postgres: Option<String>,
     /// Publishes in the per-publish run (each opens its own connection).
     #[arg(long, default_value_t = 300)]
     pub per_publish_messages: usize,
@@ -188,39 +192,67 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut memory = Vec::new();
     let mut cpu_note = None;
     if want("chain") {
-        let chain = chain(&base, &tag, &args).await?;
-        rows.push(Row {
-            name: format!(
-                "chain: POST /meetings → permission.granted, {} clients",
-                args.concurrency
-            ),
-            result: format!("{:.0} flows/s", chain.flows_per_sec),
-            ratio: Some(chain.flows_per_sec / raw),
-            target: "≥ 0.40".into(),
-        });
-        rows.push(Row {
-            name: format!("chain latency at {} flows/s: p50 / p99 / max", args.rate),
-            result: format!(
-                "{:.1} / {:.1} / {:.1} ms",
-                chain.p50_ms, chain.p99_ms, chain.max_ms
-            ),
-            ratio: None,
-            target: "p99 ≤ 50 ms".into(),
-        });
-        let CpuSplit(split, wall) = &chain.cpu;
-        let used: f64 = split.iter().map(|(_, s)| s).sum();
-        let parts: Vec<String> = split
-            .iter()
-            .map(|(n, s)| format!("{n} {:.0}%", 100.0 * s / used.max(1e-9)))
-            .collect();
-        rows.push(Row {
-            name: "chain CPU split (full-concurrency run)".into(),
-            result: format!("{used:.1} CPU-s in {wall:.1} s"),
-            ratio: None,
-            target: "profile".into(),
-        });
-        cpu_note = Some(parts.join(", "));
-        memory = chain.memory;
+        let mut setups = vec![Setup {
+            label: "SQLite",
+            postgres: None,
+            replicas: 1,
+        }];
+        if let Some(pg) = &args.postgres {
+            for replicas in [1, 2] {
+                setups.push(Setup {
+                    label: "PostgreSQL",
+                    postgres: Some(pg.clone()),
+                    replicas,
+                });
+            }
+        }
+        let mut notes = Vec::new();
+        for (i, setup) in setups.iter().enumerate() {
+            let chain = chain(&base, &format!("{tag}-c{i}"), &args, setup).await?;
+            let what = format!("{}, {} per role", setup.label, setup.replicas);
+            rows.push(Row {
+                name: format!(
+                    "chain ({what}): POST /meetings → permission.granted, {} clients",
+                    args.concurrency
+                ),
+                result: format!("{:.0} flows/s", chain.flows_per_sec),
+                ratio: Some(chain.flows_per_sec / raw),
+                target: if i == 0 {
+                    "≥ 0.40".into()
+                } else {
+                    "—".into()
+                },
+            });
+            rows.push(Row {
+                name: format!(
+                    "chain ({what}) latency at {} flows/s: p50 / p99 / max",
+                    args.rate
+                ),
+                result: format!(
+                    "{:.1} / {:.1} / {:.1} ms",
+                    chain.p50_ms, chain.p99_ms, chain.max_ms
+                ),
+                ratio: None,
+                target: "p99 ≤ 50 ms".into(),
+            });
+            let CpuSplit(split, wall) = &chain.cpu;
+            let used: f64 = split.iter().map(|(_, s)| s).sum();
+            let parts: Vec<String> = split
+                .iter()
+                .map(|(n, s)| format!("{n} {:.0}%", 100.0 * s / used.max(1e-9)))
+                .collect();
+            rows.push(Row {
+                name: format!("chain ({what}) CPU split (full-concurrency run)"),
+                result: format!("{used:.1} CPU-s in {wall:.1} s"),
+                ratio: None,
+                target: "profile".into(),
+            });
+            notes.push(format!("{what}: {}", parts.join(", ")));
+            if i == 0 {
+                memory = chain.memory;
+            }
+        }
+        cpu_note = Some(notes.join("\n  "));
     }
 
     if want("per-publish") {
@@ -253,7 +285,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = conn.close(200, "bench done".into()).await;
     print_table(&rows);
     if let Some(note) = cpu_note {
-        println!("\nCPU during the full-concurrency chain run: {note}");
+        println!("\nCPU during the full-concurrency chain runs:\n  {note}");
     }
     Ok(())
 }
@@ -489,14 +521,14 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Every RabbitMQ VM on this machine (none when the broker is remote).
-fn broker_pids() -> Vec<u32> {
+/// The processes whose command is `comm` (the broker's Erlang VM, PostgreSQL's backends).
+fn pids_of(comm: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
                 .filter(|pid| {
                     std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .is_ok_and(|c| c.trim() == "beam.smp")
+                        .is_ok_and(|c| c.trim() == comm)
                 })
                 .collect()
         })
@@ -506,11 +538,46 @@ fn broker_pids() -> Vec<u32> {
 /// Where the CPU went during a run: (who, seconds).
 struct CpuSplit(Vec<(String, f64)>, f64);
 
+/// Whose CPU is counted: these processes, or every process of a command (read again at each
+/// sample, so processes started during the run count too — PostgreSQL's backends).
+enum Procs {
+    Fixed(Vec<u32>),
+    Named(&'static str),
+}
+
 impl CpuSplit {
-    fn sample(pids: &[(String, Vec<u32>)]) -> Vec<f64> {
-        pids.iter()
-            .map(|(_, ps)| ps.iter().map(|p| cpu_seconds(*p)).sum())
+    /// CPU seconds so far of each process of each entry.
+    fn sample(who: &[(String, Procs)]) -> Vec<HashMap<u32, f64>> {
+        who.iter()
+            .map(|(_, procs)| {
+                let pids = match procs {
+                    Procs::Fixed(pids) => pids.clone(),
+                    Procs::Named(comm) => pids_of(comm),
+                };
+                pids.into_iter().map(|p| (p, cpu_seconds(p))).collect()
+            })
             .collect()
+    }
+
+    /// The CPU each entry used between two samples.
+    fn between(
+        who: &[(String, Procs)],
+        before: &[HashMap<u32, f64>],
+        after: &[HashMap<u32, f64>],
+        wall: f64,
+    ) -> Self {
+        let used = who
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|((name, _), (b, a))| {
+                let secs = a
+                    .iter()
+                    .map(|(pid, s)| s - b.get(pid).copied().unwrap_or(0.0))
+                    .sum();
+                (name.clone(), secs)
+            })
+            .collect();
+        CpuSplit(used, wall)
     }
 }
 
@@ -555,6 +622,17 @@ async fn spawn_role(
     tag: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<RoleProcess> {
+    let database = format!("sqlite://{}/{}.db", dir.display(), role.name);
+    spawn_role_on(base, role, tag, &database).await
+}
+
+/// A role as an `app` process with its store at `database`.
+async fn spawn_role_on(
+    base: &Settings,
+    role: Role,
+    tag: &str,
+    database: &str,
+) -> anyhow::Result<RoleProcess> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -563,10 +641,7 @@ async fn spawn_role(
         .env("AMQP_URL", base.mq.url.expose())
         .env("MQ_EXCHANGE", format!("{tag}-events"))
         .env("SERVICE_NAME", format!("{tag}-{}", role.service_name()))
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}/{}.db", dir.display(), role.name),
-        )
+        .env("DATABASE_URL", database)
         .env("AUTH_JWT_SECRET", SECRET)
         .env("HTTP_ADDR", "127.0.0.1")
         .env("HTTP_PORT", port.to_string())
@@ -598,12 +673,55 @@ async fn spawn_role(
 }
 
 /// POST /meetings → meeting.created → permission-service → permission.granted on the bus.
-async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<ChainResult> {
+/// Where the chain's roles keep their stores, and how many replicas of each run.
+struct Setup {
+    label: &'static str,
+    postgres: Option<String>,
+    replicas: usize,
+}
+
+/// The store URL of `role` in `setup`: a SQLite file in `dir`, or a new database.
+async fn store_for(
+    setup: &Setup,
+    dir: &std::path::Path,
+    tag: &str,
+    role: Role,
+) -> anyhow::Result<String> {
+    let Some(pg) = &setup.postgres else {
+        return Ok(format!("sqlite://{}/{}.db", dir.display(), role.name));
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("{}_{}", tag.replace('-', "_"), role.name);
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(pg).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let base = &pg[..pg
+        .rfind('/')
+        .context("the PostgreSQL URL names a database")?];
+    Ok(format!("{base}/{name}"))
+}
+
+async fn chain(
+    base: &Settings,
+    tag: &str,
+    args: &BenchArgs,
+    setup: &Setup,
+) -> anyhow::Result<ChainResult> {
     let dir = tempdir(tag)?;
-    let permission = spawn_role(base, &PERMISSION, tag, &dir).await?;
-    let meeting = spawn_role(base, &MEETING, tag, &dir).await?;
+    let mut permissions = Vec::new();
+    let mut meetings = Vec::new();
+    let (permission_db, meeting_db) = (
+        store_for(setup, &dir, tag, &PERMISSION).await?,
+        store_for(setup, &dir, tag, &MEETING).await?,
+    );
+    for _ in 0..setup.replicas {
+        permissions.push(spawn_role_on(base, &PERMISSION, tag, &permission_db).await?);
+        meetings.push(spawn_role_on(base, &MEETING, tag, &meeting_db).await?);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle: Vec<f64> = [&meeting, &permission]
+    let (meeting, permission) = (&meetings[0], &permissions[0]);
+    let idle: Vec<f64> = [meeting, permission]
         .iter()
         .map(|p| rss_mb(p.child.id()))
         .collect();
@@ -636,13 +754,15 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     let post = {
-        let (http, token, url) = (
-            http.clone(),
-            token.clone(),
-            format!("{}/meetings", meeting.base),
-        );
+        let (http, token) = (http.clone(), token.clone());
+        let urls: Vec<String> = meetings
+            .iter()
+            .map(|m| format!("{}/meetings", m.base))
+            .collect();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         move || {
-            let (http, token, url) = (http.clone(), token.clone(), url.clone());
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (http, token, url) = (http.clone(), token.clone(), urls[i % urls.len()].clone());
             async move {
                 let started = Instant::now();
                 let r = http
@@ -680,12 +800,24 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
     };
 
     // Full concurrency.
-    let who: Vec<(String, Vec<u32>)> = vec![
-        ("broker".into(), broker_pids()),
-        ("meeting-service".into(), vec![meeting.child.id()]),
-        ("permission-service".into(), vec![permission.child.id()]),
-        ("bench client".into(), vec![std::process::id()]),
+    let mut who: Vec<(String, Procs)> = vec![
+        ("broker".into(), Procs::Named("beam.smp")),
+        (
+            "meeting-service".into(),
+            Procs::Fixed(meetings.iter().map(|m| m.child.id()).collect()),
+        ),
+        (
+            "permission-service".into(),
+            Procs::Fixed(permissions.iter().map(|p| p.child.id()).collect()),
+        ),
+        (
+            "bench client".into(),
+            Procs::Fixed(vec![std::process::id()]),
+        ),
     ];
+    if setup.postgres.is_some() {
+        who.push(("PostgreSQL".into(), Procs::Named("postgres")));
+    }
     let cpu_before = CpuSplit::sample(&who);
     let started = Instant::now();
     let mut tasks = FuturesUnordered::new();
@@ -713,13 +845,7 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
     let flows_per_sec = args.flows as f64 / (last - started).as_secs_f64();
     let wall = started.elapsed().as_secs_f64();
     let cpu_after = CpuSplit::sample(&who);
-    let cpu = CpuSplit(
-        who.iter()
-            .zip(cpu_before.iter().zip(cpu_after))
-            .map(|((n, _), (b, a))| (n.clone(), a - b))
-            .collect(),
-        wall,
-    );
+    let cpu = CpuSplit::between(&who, &cpu_before, &cpu_after, wall);
 
     // Paced.
     let total = (args.rate as f64 * args.paced_for.as_secs_f64()).round() as usize;
@@ -744,13 +870,13 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
 
-    let after: Vec<f64> = [&meeting, &permission]
+    let after: Vec<f64> = [meeting, permission]
         .iter()
         .map(|p| rss_mb(p.child.id()))
         .collect();
     watcher.abort();
     let _ = conn.close(200, "bench done".into()).await;
-    let memory = [&meeting, &permission]
+    let memory = [meeting, permission]
         .iter()
         .zip(idle.iter().zip(after))
         .map(|(p, (i, a))| (p.role.service_name().to_string(), *i, a))
@@ -763,8 +889,8 @@ async fn chain(base: &Settings, tag: &str, args: &BenchArgs) -> anyhow::Result<C
         max_ms: *lat.last().unwrap_or(&f64::NAN),
         memory,
     };
-    drop(meeting);
-    drop(permission);
+    drop(meetings);
+    drop(permissions);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(result)
 }

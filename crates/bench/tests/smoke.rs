@@ -49,4 +49,12 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
     ] {
         assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
     }
+    if std::env::var("TEST_POSTGRES_URL").is_ok() {
+        for row in [
+            "chain (PostgreSQL, 1 per role)",
+            "chain (PostgreSQL, 2 per role)",
+        ] {
+            assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
+        }
+    }
 }
