@@ -53,8 +53,8 @@ start() {
   ctl "$dir" 1 await_online_nodes 3 >/dev/null 2>&1 || true
   local joined
   joined=$(IFS=,; echo "${urls[*]}")
-  echo "AMQP_URL='$joined'"
-  echo "TEST_POSTGRES_URL='$pg'"
+  echo "export AMQP_URL='$joined'"
+  echo "export TEST_POSTGRES_URL='$pg'"
 }
 
 stop() {

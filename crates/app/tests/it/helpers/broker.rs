@@ -290,7 +290,7 @@ impl Cluster {
         let out = cluster_script(&["start", &dir.path().display().to_string()]);
         let value = |key: &str| {
             out.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .find_map(|l| l.strip_prefix(&format!("export {key}=")))
                 .expect(key)
                 .trim_matches('\'')
                 .to_string()
