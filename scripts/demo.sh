@@ -31,10 +31,10 @@ fi
 export AMQP_URL
 
 # Fresh stores in the work directory; config from the repository.
-(cd "$work" && CONFIG_DIR="$repo/config" exec "$app" all >"$work/app.log" 2>&1) &
+(cd "$work" && CONFIG_DIR="$repo/config" exec "$app" all --dev >"$work/app.log" 2>&1) &
 app_pid=$!
 
-CONFIG_DIR="$repo/config" "$app" walk || { echo "the walk failed; service logs: $work/app.log" >&2; exit 1; }
+CONFIG_DIR="$repo/config" "$app" walk --dev || { echo "the walk failed; service logs: $work/app.log" >&2; exit 1; }
 
 cat <<MSG
 
@@ -42,7 +42,7 @@ The four services are running (logs: $work/app.log):
   meeting     http://localhost:8081    election    http://localhost:8082
   voting      http://localhost:8083    permission  http://localhost:8084
 Try:
-  TOKEN=\$($app token --user alice)
+  TOKEN=\$($app token --dev --user alice)
   curl -H "Authorization: Bearer \$TOKEN" http://localhost:8081/meetings
   curl http://localhost:8081/metrics
 Press Ctrl-C to stop.

@@ -60,9 +60,13 @@ pub fn parse() -> Parsed {
 pub enum Command {
     /// Run every role in one process, each on its default port with its own queue, consumer
     /// and store (for laptops and demos). SERVICE_NAME, MQ_QUEUE, MQ_BINDINGS, HTTP_PORT and
-    /// DATABASE_URL come from config/<role>.toml or the defaults, not the environment;
-    /// AUTH_JWT_SECRET falls back to a development key.
-    All,
+    /// DATABASE_URL come from config/<role>.toml or the defaults, not the environment.
+    All {
+        /// Development mode: without AUTH_JWT_SECRET, sign and check tokens with a fixed
+        /// development key, and listen on 127.0.0.1 only.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Print a bearer token for a user, signed with AUTH_JWT_SECRET.
     Token {
         /// The user id (`sub` claim).
@@ -71,6 +75,9 @@ pub enum Command {
         /// How long the token is valid, e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Sign with the development key of `app all --dev` when AUTH_JWT_SECRET is unset.
+        #[arg(long)]
+        dev: bool,
     },
     /// Walk one meeting through the whole chain against running services (create, open the
     /// election item, nominate, start, three votes, close, result), printing each step and

@@ -36,9 +36,11 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
-        Command::All => commands::run_all().await,
-        Command::Token { user, ttl } => commands::token(&user, ttl).map(|t| println!("{t}")),
-        Command::Walk(args) => Ok(commands::walk::run(args).await?),
+        Command::All { dev } => commands::run_all(dev).await,
+        Command::Token { user, ttl, dev } => {
+            commands::token(&user, ttl, dev).map(|t| println!("{t}"))
+        }
+        Command::Walk(args) => commands::walk::run(args).await,
         Command::Events(EventsCommand::Publish {
             raw,
             routing_key,

@@ -150,11 +150,23 @@ pub const VARIABLES: &[Variable] = &[
         scope: Scope::Shared,
     },
     Variable {
+        name: "MAX_CANDIDATES",
+        help: "the election role: candidates one election may have",
+        default: Default::Fixed("50"),
+        scope: Scope::Shared,
+    },
+    Variable {
         name: "AUTH_JWT_SECRET",
-        help: "HS256 key for bearer tokens (16+ characters)",
+        help: "HS256 key for bearer tokens, at least 32 bytes",
         default: Default::Absent(
-            "none: required, except under `app all`, which falls back to a development key",
+            "none: required; only development mode (`app all --dev`) runs without it, on loopback",
         ),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "AUTH_LEEWAY",
+        help: "clock skew allowed on a token's `exp` and `nbf`",
+        default: Default::Fixed("5s"),
         scope: Scope::Shared,
     },
     Variable {
@@ -245,8 +257,12 @@ pub fn markdown_table() -> String {
     out
 }
 
-/// Key used to sign tokens when `AUTH_JWT_SECRET` is unset under `app all` (local use only).
-pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me";
+/// The key of development mode (`app all --dev`, `app token --dev`, `app walk --dev`), which
+/// also listens on loopback only. Never used unless asked for.
+pub const DEV_JWT_SECRET: &str = "development-mode-only-key-never-in-production";
+
+/// The shortest `AUTH_JWT_SECRET` accepted.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// A configuration problem, phrased for a one-line startup error.
 #[derive(Debug, thiserror::Error)]
@@ -416,6 +432,10 @@ pub struct Settings {
     pub database_pool_size: u32,
     /// `None` only where a development key is acceptable; see [`Settings::jwt_secret`].
     pub jwt_secret: Option<Secret>,
+    /// Candidates one election may have.
+    pub max_candidates: u32,
+    /// Clock skew allowed on a token's `exp` and `nbf`.
+    pub auth_leeway: Duration,
     pub cors_allowed_origins: Vec<String>,
     /// How long shutdown may take to finish deliveries in hand and flush the outbox.
     pub shutdown_grace: Duration,
@@ -448,7 +468,7 @@ impl Settings {
         self.jwt_secret.as_ref().ok_or_else(|| {
             ConfigError::new(
                 "AUTH_JWT_SECRET",
-                "required: the HS256 key that signs bearer tokens (generate one with `openssl rand -hex 32`)",
+                "required: the HS256 key that signs bearer tokens (generate one with `openssl rand -hex 32`; for a local try, `app all --dev`)",
             )
         })
     }
@@ -607,16 +627,33 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
                 "must be a whole number from 1 to 1000",
             )
         })?;
-    let jwt_secret = match get("AUTH_JWT_SECRET") {
-        s if s.is_empty() => None,
-        s if s.len() < 16 => {
+    let jwt_secret = match raw.get("AUTH_JWT_SECRET") {
+        None => None,
+        Some(s) if s.trim().is_empty() => {
             return Err(ConfigError::new(
                 "AUTH_JWT_SECRET",
-                "too short: use at least 16 characters",
+                "is set but blank: set the key, or unset it and ask for development mode (`app all --dev`)",
             ))
         }
-        s => Some(Secret::new(s)),
+        Some(s) if s.trim().len() < MIN_SECRET_BYTES => {
+            return Err(ConfigError::new(
+                "AUTH_JWT_SECRET",
+                format!("too short: use at least {MIN_SECRET_BYTES} bytes (`openssl rand -hex 32`)"),
+            ))
+        }
+        Some(s) => Some(Secret::new(s.trim())),
     };
+    let max_candidates = get("MAX_CANDIDATES")
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| {
+            ConfigError::new("MAX_CANDIDATES", "must be a whole number from 1 to 10000")
+        })?;
+    let auth_leeway = parse_duration("AUTH_LEEWAY", &get("AUTH_LEEWAY"))?;
+    if auth_leeway > Duration::from_secs(300) {
+        return Err(ConfigError::new("AUTH_LEEWAY", "must be at most 5m"));
+    }
     let cors_allowed_origins = list(&get("CORS_ALLOWED_ORIGINS"));
     for origin in &cors_allowed_origins {
         if !(origin.starts_with("http://") || origin.starts_with("https://"))
@@ -649,6 +686,8 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
         database_url,
         database_pool_size,
         jwt_secret,
+        max_candidates,
+        auth_leeway,
         cors_allowed_origins,
         shutdown_grace,
     })
@@ -698,7 +737,9 @@ mod tests {
             [
                 "agenda.election.create",
                 "agenda.election.start",
-                "voting.completed"
+                "voting.completed",
+                "permission.granted",
+                "permission.revoked"
             ]
         );
         assert_eq!(s.http_port, 8082);
@@ -739,6 +780,9 @@ mod tests {
             ("AMQP_URL", "http://nope"),
             ("HTTP_ADDR", "localhost:80"),
             ("AUTH_JWT_SECRET", "short"),
+            ("AUTH_JWT_SECRET", "   "),
+            ("AUTH_JWT_SECRET", "0123456789012345678901234567890"),
+            ("AUTH_LEEWAY", "1h"),
             ("CORS_ALLOWED_ORIGINS", "example.com"),
             ("DATABASE_URL", "mysql://x"),
             ("DATABASE_POOL_SIZE", "0"),

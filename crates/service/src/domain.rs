@@ -3,6 +3,8 @@
 //! stored as that word through sqlx's type mapping (a `TEXT` column on either store), so an
 //! impossible state can be neither written nor read back.
 
+use std::collections::BTreeMap;
+
 /// Declares a text-backed enum: serde and sqlx both use the snake_case word.
 macro_rules! word_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
@@ -151,6 +153,25 @@ word_enum! {
     }
 }
 
+/// Who won, from a tally: the candidates with the most votes (all of them on a tie).
+pub fn decide(tally: &BTreeMap<String, u64>, votes_cast: u64) -> (Outcome, Vec<String>) {
+    let top = tally.values().copied().max().unwrap_or(0);
+    if votes_cast == 0 || top == 0 {
+        return (Outcome::NoVotes, vec![]);
+    }
+    let winners: Vec<String> = tally
+        .iter()
+        .filter(|(_, n)| **n == top)
+        .map(|(c, _)| c.clone())
+        .collect();
+    let outcome = if winners.len() == 1 {
+        Outcome::Elected
+    } else {
+        Outcome::Tie
+    };
+    (outcome, winners)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +200,34 @@ mod tests {
             err.choices(),
             "\"nominating\", \"voting\", \"finalized\" or \"cancelled\""
         );
+    }
+
+    fn tally(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn one_leader_is_elected() {
+        assert_eq!(
+            decide(&tally(&[("ada", 2), ("bob", 1)]), 3),
+            (Outcome::Elected, vec!["ada".into()])
+        );
+    }
+
+    #[test]
+    fn a_shared_lead_is_a_tie_with_every_tied_candidate_winning() {
+        assert_eq!(
+            decide(&tally(&[("ada", 2), ("bob", 2), ("cy", 1)]), 5),
+            (Outcome::Tie, vec!["ada".into(), "bob".into()])
+        );
+    }
+
+    #[test]
+    fn no_votes_means_no_winner() {
+        assert_eq!(
+            decide(&tally(&[("ada", 0), ("bob", 0)]), 0),
+            (Outcome::NoVotes, vec![])
+        );
+        assert_eq!(decide(&BTreeMap::new(), 0), (Outcome::NoVotes, vec![]));
     }
 }

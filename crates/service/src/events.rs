@@ -185,6 +185,14 @@ pub struct PermissionChange {
     pub meeting_id: String,
     pub user_id: String,
     pub role: MeetingRole,
+    /// The order of the changes to this user's role on this meeting (1, 2, …); 0 when the
+    /// producer does not version its changes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -122,3 +122,18 @@ impl std::fmt::Display for Chain<'_> {
         Ok(())
     }
 }
+
+/// Text from outside (a message, a request) as it may appear in a log line or an error
+/// message: at most 64 characters, control characters and quotes escaped.
+pub(crate) fn short(text: &str) -> String {
+    const MAX: usize = 64;
+    let mut out: String = text
+        .chars()
+        .take(MAX)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > MAX {
+        out.push('…');
+    }
+    out
+}

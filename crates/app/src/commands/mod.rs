@@ -49,7 +49,7 @@ pub(crate) async fn run_role(role: Role) -> Result<(), Failure> {
 }
 
 /// Settings of each role under `app all`: shared variables from the environment, per-role
-/// ones from files and defaults, and the development key when no secret is set.
+/// ones from files and defaults.
 pub(crate) fn all_settings(env: &HashMap<String, String>) -> Result<Vec<Settings>, ConfigError> {
     let shared: HashMap<String, String> = env
         .iter()
@@ -58,17 +58,12 @@ pub(crate) fn all_settings(env: &HashMap<String, String>) -> Result<Vec<Settings
         .collect();
     roles::ALL
         .iter()
-        .map(|role| {
-            let mut s = Settings::load(role, &shared, &config::config_dir())?;
-            s.jwt_secret
-                .get_or_insert_with(|| Secret::new(DEV_JWT_SECRET));
-            Ok(s)
-        })
+        .map(|role| Settings::load(role, &shared, &config::config_dir()))
         .collect()
 }
 
 /// `app all`
-pub(crate) async fn run_all() -> Result<(), Failure> {
+pub(crate) async fn run_all(dev: bool) -> Result<(), Failure> {
     let env = config::process_env();
     let ignored: Vec<&str> = env
         .keys()
@@ -81,12 +76,20 @@ pub(crate) async fn run_all() -> Result<(), Failure> {
             "app all gives each role its own queue, port and store; these variables are ignored"
         );
     }
-    if !env.contains_key("AUTH_JWT_SECRET") {
+    let mut all = all_settings(&env)?;
+    for s in &mut all {
+        if dev {
+            development_mode(s);
+        } else {
+            s.jwt_secret()?;
+        }
+    }
+    if dev {
         tracing::warn!(
-            "AUTH_JWT_SECRET is unset: using the development key (`app token` signs with it too)"
+            "development mode: tokens are signed and checked with the development key (`app token --dev`), \
+             and every role listens on 127.0.0.1 only"
         );
     }
-    let all = all_settings(&env)?;
     let mut listeners = Vec::new();
     for s in &all {
         listeners.push(bind(s).await?);
@@ -120,21 +123,30 @@ pub(crate) async fn run_all() -> Result<(), Failure> {
     }
 }
 
+/// Development mode for one role: the development key when no secret is set, and loopback.
+fn development_mode(s: &mut Settings) {
+    s.jwt_secret
+        .get_or_insert_with(|| Secret::new(DEV_JWT_SECRET));
+    s.http_addr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+}
+
+/// The signing key for a client command: AUTH_JWT_SECRET, or with `--dev` the development
+/// key when it is unset.
+pub(crate) fn client_secret(settings: &Settings, dev: bool) -> Result<Secret, Failure> {
+    match (&settings.jwt_secret, dev) {
+        (Some(secret), _) => Ok(secret.clone()),
+        (None, true) => Ok(Secret::new(DEV_JWT_SECRET)),
+        (None, false) => Err(settings.jwt_secret().unwrap_err().into()),
+    }
+}
+
 /// `app token`
-pub(crate) fn token(user: &str, ttl: std::time::Duration) -> Result<String, Failure> {
+pub(crate) fn token(user: &str, ttl: std::time::Duration, dev: bool) -> Result<String, Failure> {
     let user = user.trim();
     if user.is_empty() {
         return Err(anyhow::anyhow!("--user must not be empty").into());
     }
     let settings = Settings::shared_from_process_env()?;
-    let secret = match settings.jwt_secret {
-        Some(s) => s,
-        None => {
-            eprintln!(
-                "note: AUTH_JWT_SECRET is unset; signing with the development key of `app all`"
-            );
-            Secret::new(DEV_JWT_SECRET)
-        }
-    };
+    let secret = client_secret(&settings, dev)?;
     Ok(meeting_events::issue_token(&secret, user, ttl)?)
 }

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
-use meeting_events::config::{Secret, Settings, DEV_JWT_SECRET};
+use meeting_events::config::{Secret, Settings};
 use meeting_events::envelope::Envelope;
 use meeting_events::roles::{self, Role, ELECTION, MEETING, PERMISSION, VOTING};
 
@@ -19,6 +19,9 @@ pub struct WalkArgs {
     /// http://127.0.0.1:<its default port>.
     #[arg(long = "url", value_name = "ROLE=URL", value_parser = role_url)]
     pub urls: Vec<(Role, String)>,
+    /// Sign with the development key of `app all --dev` when AUTH_JWT_SECRET is unset.
+    #[arg(long)]
+    pub dev: bool,
     /// How long to wait for each step's effect.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub step_timeout: Duration,
@@ -150,12 +153,9 @@ async fn watch_bus(settings: &Settings, started: Instant) -> anyhow::Result<Conn
 }
 
 /// `app walk`
-pub(crate) async fn run(args: WalkArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: WalkArgs) -> Result<(), super::Failure> {
     let settings = Settings::shared_from_process_env()?;
-    let secret = settings
-        .jwt_secret
-        .clone()
-        .unwrap_or_else(|| Secret::new(DEV_JWT_SECRET));
+    let secret = super::client_secret(&settings, args.dev)?;
     let api = Api {
         http: reqwest::Client::new(),
         secret,
@@ -250,7 +250,8 @@ pub(crate) async fn run(args: WalkArgs) -> anyhow::Result<()> {
         .await?;
     step(started, &format!("election {eid} is nominating"));
 
-    for (by, candidate) in [("bob", "Ada"), ("carol", "Grace"), ("bob", "Linus")] {
+    // A manager nominates anyone; everybody else only themselves.
+    for (by, candidate) in [("alice", "ada"), ("alice", "grace"), ("linus", "linus")] {
         step(started, &format!("{by} nominates {candidate}"));
         api.post(
             by,
@@ -279,7 +280,7 @@ pub(crate) async fn run(args: WalkArgs) -> anyhow::Result<()> {
         .await?;
     step(started, &format!("ballot {bid} is open"));
 
-    for (who, choice) in [("alice", "Ada"), ("bob", "Ada"), ("carol", "Grace")] {
+    for (who, choice) in [("alice", "ada"), ("bob", "ada"), ("carol", "grace")] {
         step(started, &format!("{who} votes for {choice}"));
         api.post(
             who,

@@ -119,7 +119,7 @@ async fn a_meeting_is_carried_from_creation_to_an_elected_result() {
 
     let meeting = meeting_with_manager(urls, &alice, "Annual meeting").await;
     let (item, election) = open_election(urls, &alice, &meeting).await;
-    nominate(urls, &bob, &election, &["ada", "grace"]).await;
+    nominate(urls, &alice, &election, &["ada", "grace"]).await;
     start(urls, &alice, &meeting, &item).await;
 
     let (_, e) = eventually(WAIT, || async {

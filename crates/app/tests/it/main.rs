@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod adversary;
 mod api_errors;
 mod contract;
 mod faults;

@@ -195,7 +195,7 @@ pub(crate) async fn chain_with_grants(urls: &Urls, voting_db: &sqlx::AnyPool) {
     .expect("carol became a manager in the meeting service");
 
     let (item, election) = open_election(urls, &carol, &meeting).await;
-    nominate(urls, &dave, &election, &["ada"]).await;
+    nominate(urls, &carol, &election, &["ada"]).await;
     start(urls, &carol, &meeting, &item).await;
     let ballot = ballot_of(urls, &alice, &election).await;
     let ballot_id = ballot["id"].as_str().unwrap();
@@ -236,9 +236,11 @@ pub(crate) async fn chain_with_grants(urls: &Urls, voting_db: &sqlx::AnyPool) {
 
 /// The managers of a meeting in a role's local copy of `permission.*`, read from its store.
 async fn local_managers(db: &sqlx::AnyPool, meeting: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT user_id FROM grants WHERE meeting_id = $1 AND role = 'manager'")
-        .bind(meeting)
-        .fetch_all(db)
-        .await
-        .unwrap_or_default()
+    sqlx::query_scalar(
+        "SELECT user_id FROM grants WHERE meeting_id = $1 AND role = 'manager' AND active = 1",
+    )
+    .bind(meeting)
+    .fetch_all(db)
+    .await
+    .unwrap_or_default()
 }

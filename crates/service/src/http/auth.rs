@@ -16,7 +16,8 @@ use crate::http::{ApiError, AppState};
 struct Claims {
     sub: String,
     exp: u64,
-    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
 }
 
 /// Verifies tokens with the configured key.
@@ -26,9 +27,13 @@ pub(crate) struct Auth {
 }
 
 impl Auth {
-    pub(crate) fn new(secret: &Secret) -> Self {
+    pub(crate) fn new(secret: &Secret, leeway: Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // Only HS256 (so neither `none` nor another algorithm), `nbf` honoured, and only
+        // a few seconds of clock skew.
+        validation.validate_nbf = true;
+        validation.leeway = leeway.as_secs();
         Self {
             key: DecodingKey::from_secret(secret.expose().as_bytes()),
             validation,
@@ -39,10 +44,28 @@ impl Auth {
     pub(crate) fn verify(&self, token: &str) -> Result<String, ApiError> {
         let data = decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| ApiError::Unauthorized(format!("invalid bearer token: {e}")))?;
-        if data.claims.sub.trim().is_empty() {
-            return Err(ApiError::Unauthorized("token has an empty sub".into()));
-        }
+        valid_user(&data.claims.sub)?;
         Ok(data.claims.sub)
+    }
+}
+
+/// A user id from a token: not empty, no surrounding space, no control characters, at most
+/// 200 characters.
+fn valid_user(sub: &str) -> Result<(), ApiError> {
+    let bad = if sub.is_empty() {
+        Some("is empty")
+    } else if sub.trim() != sub {
+        Some("has surrounding space")
+    } else if sub.chars().any(char::is_control) {
+        Some("has control characters")
+    } else if sub.chars().count() > 200 {
+        Some("is over 200 characters")
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => Err(ApiError::Unauthorized(format!("the token's sub {why}"))),
+        None => Ok(()),
     }
 }
 
@@ -51,7 +74,7 @@ pub(crate) fn issue(secret: &Secret, user: &str, ttl: Duration) -> anyhow::Resul
     let now = crate::messaging::unix_seconds();
     let claims = Claims {
         sub: user.to_string(),
-        iat: now,
+        iat: Some(now),
         exp: now + ttl.as_secs(),
     };
     Ok(encode(
@@ -97,5 +120,108 @@ impl<S: Send + Sync> FromRequestParts<S> for User {
             .get::<User>()
             .cloned()
             .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token>".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        Auth::new(
+            &Secret::new("a-test-key-of-at-least-thirty-two-bytes"),
+            Duration::from_secs(5),
+        )
+    }
+
+    fn signed(claims: serde_json::Value, alg: Algorithm, key: &str) -> String {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_valid_hs256_tokens_with_a_clean_sub_pass() {
+        let key = "a-test-key-of-at-least-thirty-two-bytes";
+        let now = crate::messaging::unix_seconds();
+        let good = signed(
+            serde_json::json!({"sub": "alice", "exp": now + 60}),
+            Algorithm::HS256,
+            key,
+        );
+        assert_eq!(auth().verify(&good).unwrap(), "alice");
+        let cases = [
+            (
+                "expired",
+                signed(
+                    serde_json::json!({"sub": "alice", "exp": now - 30}),
+                    Algorithm::HS256,
+                    key,
+                ),
+            ),
+            (
+                "not yet valid",
+                signed(
+                    serde_json::json!({"sub": "alice", "exp": now + 60, "nbf": now + 30}),
+                    Algorithm::HS256,
+                    key,
+                ),
+            ),
+            (
+                "other key",
+                signed(
+                    serde_json::json!({"sub": "alice", "exp": now + 60}),
+                    Algorithm::HS256,
+                    "another-key-another-key-another-key",
+                ),
+            ),
+            (
+                "HS512",
+                signed(
+                    serde_json::json!({"sub": "alice", "exp": now + 60}),
+                    Algorithm::HS512,
+                    key,
+                ),
+            ),
+            (
+                "no exp",
+                signed(serde_json::json!({"sub": "alice"}), Algorithm::HS256, key),
+            ),
+            (
+                "padded sub",
+                signed(
+                    serde_json::json!({"sub": " alice", "exp": now + 60}),
+                    Algorithm::HS256,
+                    key,
+                ),
+            ),
+            (
+                "control in sub",
+                signed(
+                    serde_json::json!({"sub": "al\nice", "exp": now + 60}),
+                    Algorithm::HS256,
+                    key,
+                ),
+            ),
+            (
+                "alg none",
+                format!(
+                    "{}.{}.",
+                    b64(r#"{"alg":"none","typ":"JWT"}"#),
+                    b64(&format!(r#"{{"sub":"alice","exp":{}}}"#, now + 60))
+                ),
+            ),
+        ];
+        for (what, token) in cases {
+            assert!(auth().verify(&token).is_err(), "{what} passed");
+        }
+    }
+
+    fn b64(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
     }
 }

@@ -36,6 +36,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Arc<Auth>,
     /// Units of work whose events are committed with them.
     pub(crate) outbox: Outbox,
+    /// The role's settings (limits the handlers enforce).
+    pub(crate) settings: Arc<crate::config::Settings>,
 }
 
 /// The role's routes behind auth, plus the probe routes, fallbacks and layers.

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::envelope::{DecodeError, Envelope};
 use crate::events::{Event, EventType};
 use crate::messaging::decision::{decide, Decision, Handled, ParkReason};
+use crate::messaging::inbox::Recorded;
 use crate::messaging::outbox::{Outbox, Work};
 use crate::messaging::publisher::{self, Published};
 use crate::messaging::{headers, inbox, topology, Broker, Session};
@@ -37,6 +38,9 @@ pub(crate) enum HandleError {
     /// Will never succeed (contradicts what this role knows): park at once.
     #[error("{0}")]
     Reject(String),
+    /// The event's id was applied before with another body: park it, never apply it.
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed (busy, I/O): retry; the source is kept for the log.
     #[error("store")]
     Store(#[from] sqlx::Error),
@@ -46,6 +50,7 @@ impl HandleError {
     fn handled(&self) -> Handled {
         match self {
             HandleError::Reject(_) => Handled::Impossible(ParkReason::Rejected),
+            HandleError::Conflict(_) => Handled::Impossible(ParkReason::Conflict),
             HandleError::Retry(_) | HandleError::Store(_) => Handled::Failed,
         }
     }
@@ -365,9 +370,18 @@ impl Consumer {
         let mut work = self.outbox.begin().await?;
         let mut outcomes = Vec::with_capacity(items.len());
         for (envelope, event) in items {
-            if !inbox::record(&mut work, envelope).await? {
-                outcomes.push(Applied::Duplicate);
-                continue;
+            match inbox::record(&mut work, envelope).await? {
+                Recorded::New => {}
+                Recorded::Duplicate => {
+                    outcomes.push(Applied::Duplicate);
+                    continue;
+                }
+                Recorded::Conflict => {
+                    return Err(HandleError::Conflict(format!(
+                        "event {} was applied before with another body",
+                        crate::telemetry::short(&envelope.event_id)
+                    )))
+                }
             }
             work.caused_by(envelope);
             AssertUnwindSafe((self.handler)(&mut work, envelope, event.clone()))

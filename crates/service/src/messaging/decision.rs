@@ -25,12 +25,14 @@ pub enum ParkReason {
     Rejected,
     /// The handler kept failing until the last retry delay was used up.
     RetriesExhausted,
+    /// The event's id was applied before with another body.
+    Conflict,
 }
 
 impl ParkReason {
     /// Every reason.
     #[cfg(test)]
-    pub const ALL: [ParkReason; 7] = [
+    pub const ALL: [ParkReason; 8] = [
         ParkReason::NotJson,
         ParkReason::NotEnvelope,
         ParkReason::UnknownVersion,
@@ -38,6 +40,7 @@ impl ParkReason {
         ParkReason::BadData,
         ParkReason::Rejected,
         ParkReason::RetriesExhausted,
+        ParkReason::Conflict,
     ];
 
     /// A short, stable label for metrics and headers.
@@ -50,6 +53,7 @@ impl ParkReason {
             ParkReason::BadData => "bad_data",
             ParkReason::Rejected => "rejected",
             ParkReason::RetriesExhausted => "retries_exhausted",
+            ParkReason::Conflict => "conflict",
         }
     }
 }

@@ -25,7 +25,7 @@ pub(crate) async fn run(
     let service = settings.mq.service_name.clone();
     // Install the recorder before anything records: metrics sent earlier would be lost.
     crate::telemetry::prometheus();
-    let auth = Auth::new(settings.jwt_secret()?);
+    let auth = Auth::new(settings.jwt_secret()?, settings.auth_leeway);
     let store = Store::open(&settings.database_url, settings.database_pool_size, role).await?;
 
     // Two stages: intake (HTTP and consumer) stops first; the relay and the connection
@@ -55,6 +55,7 @@ pub(crate) async fn run(
         broker: broker.clone(),
         auth: Arc::new(auth),
         outbox,
+        settings: Arc::new(settings.clone()),
     };
     let app = http::app(state, (role.router)(), &settings.cors_allowed_origins);
     let addr = listener.local_addr()?;

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::store::{self, Election};
 use crate::domain::ElectionStatus;
 use crate::http::{page, text_field, ApiError, ApiJson, ApiQuery, AppState, User};
+use crate::roles::grants;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -93,6 +94,19 @@ async fn nominate(
         )));
     }
     let candidate = text_field("candidate", &body.candidate, 100)?;
+    let manager = grants::is_manager(&mut *tx, &e.meeting_id, &user.0).await?;
+    if !may_nominate(manager, &user.0, &candidate) {
+        return Err(ApiError::Forbidden(
+            "only the meeting's managers nominate others; you may nominate yourself".into(),
+        ));
+    }
+    let standing = store::candidates(&mut *tx, &id).await?;
+    if standing.len() >= state.settings.max_candidates as usize && !standing.contains(&candidate) {
+        return Err(ApiError::Conflict(format!(
+            "election {id} has its maximum of {} candidates",
+            state.settings.max_candidates
+        )));
+    }
     if !store::nominate(&mut tx, &id, &candidate, &user.0).await? {
         return Err(ApiError::Conflict(format!(
             "{candidate} is already nominated"
@@ -103,4 +117,21 @@ async fn nominate(
         StatusCode::CREATED,
         Json(json!({"election_id": id, "candidate": candidate, "nominated_by": user.0})),
     ))
+}
+
+/// Who may nominate whom: a meeting's managers anyone, everybody else only themselves.
+fn may_nominate(manager: bool, user: &str, candidate: &str) -> bool {
+    manager || user == candidate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managers_nominate_anyone_others_only_themselves() {
+        assert!(may_nominate(true, "alice", "ada"));
+        assert!(may_nominate(false, "bob", "bob"));
+        assert!(!may_nominate(false, "mallory", "ada"));
+    }
 }

@@ -7,29 +7,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::store;
-use crate::domain::{ElectionStatus, Outcome};
+use crate::domain::{decide, ElectionStatus, Outcome};
 use crate::envelope::Envelope;
-use crate::events::{ElectionFinalized, Event, VotingCreate};
+use crate::events::{ElectionFinalized, Event, VotingCompleted, VotingCreate};
 use crate::messaging::{HandleError, HandlerResult, Work};
-
-/// Who won, from a tally: the candidates with the most votes (all of them on a tie).
-pub(super) fn decide(tally: &BTreeMap<String, u64>, votes_cast: u64) -> (Outcome, Vec<String>) {
-    let top = tally.values().copied().max().unwrap_or(0);
-    if votes_cast == 0 || top == 0 {
-        return (Outcome::NoVotes, vec![]);
-    }
-    let winners: Vec<String> = tally
-        .iter()
-        .filter(|(_, n)| **n == top)
-        .map(|(c, _)| c.clone())
-        .collect();
-    let outcome = if winners.len() == 1 {
-        Outcome::Elected
-    } else {
-        Outcome::Tie
-    };
-    (outcome, winners)
-}
+use crate::roles::grants;
 
 /// The election role's [`crate::messaging::EventHandler`]: runs an election from its create to its result.
 pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> HandlerResult {
@@ -88,14 +70,29 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             };
             match e.status {
                 ElectionStatus::Voting => {}
-                ElectionStatus::Finalized | ElectionStatus::Cancelled => return Ok(()),
-                other @ ElectionStatus::Nominating => {
+                // The result already recorded, from this very ballot: nothing to do.
+                ElectionStatus::Finalized
+                    if e.result
+                        .as_ref()
+                        .is_some_and(|r| r.0["ballot_id"] == v.ballot_id) =>
+                {
+                    return Ok(())
+                }
+                other => {
                     return Err(HandleError::Reject(format!(
-                        "election {} is {other}, not voting",
+                        "election {} is {other}; only a voting election takes a ballot's result",
                         e.id
                     )))
                 }
             }
+            if v.meeting_id != e.meeting_id {
+                return Err(HandleError::Reject(format!(
+                    "ballot {} names meeting {}, but election {} is of meeting {}",
+                    v.ballot_id, v.meeting_id, e.id, e.meeting_id
+                )));
+            }
+            let candidates = store::candidates(&mut **tx, &e.id).await?;
+            check_tally(&candidates, &v).map_err(HandleError::Reject)?;
             let (outcome, winners) = decide(&v.tally, v.votes_cast);
             let result = json!({"outcome": outcome, "winners": winners, "tally": v.tally, "votes_cast": v.votes_cast, "ballot_id": v.ballot_id});
             store::set_status(tx, &e.id, ElectionStatus::Finalized, Some(&result)).await?;
@@ -109,6 +106,8 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             };
             Ok(tx.emit(Event::ElectionFinalized(done)).await?)
         }
+        Event::PermissionGranted(change) => grants::apply(tx, &change, true).await,
+        Event::PermissionRevoked(change) => grants::apply(tx, &change, false).await,
         other => Err(HandleError::Reject(format!(
             "the election role does not handle {}",
             other.event_type()
@@ -116,36 +115,60 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
     }
 }
 
+/// Whether a ballot's tally can be this election's: the ballot's options were exactly the
+/// candidates the election handed to voting (every option is counted, zero included), and
+/// `votes_cast` is the sum of the counts.
+fn check_tally(candidates: &[String], v: &VotingCompleted) -> Result<(), String> {
+    let options: std::collections::BTreeSet<&str> = v.tally.keys().map(String::as_str).collect();
+    let expected: std::collections::BTreeSet<&str> =
+        candidates.iter().map(String::as_str).collect();
+    if options != expected {
+        let stray: Vec<&str> = options.difference(&expected).copied().take(5).collect();
+        return Err(format!(
+            "the tally of ballot {} does not count this election's candidates (not candidates: {stray:?})",
+            crate::telemetry::short(&v.ballot_id)
+        ));
+    }
+    let sum: u64 = v.tally.values().fold(0u64, |a, n| a.saturating_add(*n));
+    if sum != v.votes_cast {
+        return Err(format!(
+            "ballot {} says {} votes were cast but its tally counts {sum}",
+            crate::telemetry::short(&v.ballot_id),
+            v.votes_cast
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
-    fn tally(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
-        pairs.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+    fn completed(tally: &[(&str, u64)], votes_cast: u64) -> VotingCompleted {
+        VotingCompleted {
+            ballot_id: "b".into(),
+            election_id: "e".into(),
+            meeting_id: "m".into(),
+            tally: tally
+                .iter()
+                .map(|(c, n)| (c.to_string(), *n))
+                .collect::<BTreeMap<_, _>>(),
+            votes_cast,
+        }
     }
 
     #[test]
-    fn one_leader_is_elected() {
-        assert_eq!(
-            decide(&tally(&[("ada", 2), ("bob", 1)]), 3),
-            (Outcome::Elected, vec!["ada".into()])
+    fn a_tally_must_count_exactly_the_candidates_and_add_up() {
+        let candidates = ["ada".to_string(), "bob".to_string()];
+        assert!(check_tally(&candidates, &completed(&[("ada", 2), ("bob", 0)], 2)).is_ok());
+        let forged = check_tally(&candidates, &completed(&[("mallory", 999)], 999)).unwrap_err();
+        assert!(forged.contains("mallory"), "{forged}");
+        assert!(
+            check_tally(&candidates, &completed(&[("ada", 2)], 2)).is_err(),
+            "bob missing"
         );
-    }
-
-    #[test]
-    fn a_shared_lead_is_a_tie_with_every_tied_candidate_winning() {
-        assert_eq!(
-            decide(&tally(&[("ada", 2), ("bob", 2), ("cy", 1)]), 5),
-            (Outcome::Tie, vec!["ada".into(), "bob".into()])
-        );
-    }
-
-    #[test]
-    fn no_votes_means_no_winner() {
-        assert_eq!(
-            decide(&tally(&[("ada", 0), ("bob", 0)]), 0),
-            (Outcome::NoVotes, vec![])
-        );
-        assert_eq!(decide(&BTreeMap::new(), 0), (Outcome::NoVotes, vec![]));
+        assert!(check_tally(&candidates, &completed(&[("ada", 2), ("bob", 1)], 2)).is_err());
     }
 }

@@ -18,11 +18,13 @@ pub static ROLE: RoleDef = RoleDef {
         EventType::ElectionCreate,
         EventType::ElectionStart,
         EventType::VotingCompleted,
+        EventType::PermissionGranted,
+        EventType::PermissionRevoked,
     ],
     publishes: &[EventType::VotingCreate, EventType::ElectionFinalized],
     router: api::router,
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
-    migrations: &[&COMMON, &MIGRATIONS],
+    migrations: &[&COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],
 };
 
 /// This role's tables (versions 100 and up).

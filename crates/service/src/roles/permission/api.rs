@@ -88,11 +88,14 @@ fn may_revoke(role: MeetingRole, holders: i64) -> bool {
 
 async fn list(
     State(state): State<AppState>,
+    user: User,
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<Paging>,
 ) -> Result<Json<Vec<Permission>>, ApiError> {
     let (limit, offset) = page(q.limit, q.offset)?;
     known_meeting(&state.pool, &id).await?;
+    // Who manages a meeting is for its managers to see.
+    require_manager(&state.pool, &id, &user).await?;
     Ok(Json(store::list(&state.pool, &id, limit, offset).await?))
 }
 
@@ -112,10 +115,12 @@ async fn grant(
             "{user_id} already holds {role} on meeting {id}"
         )));
     }
+    let version = store::next_version(&mut tx, &id, &user_id, role).await?;
     tx.emit(Event::PermissionGranted(PermissionChange {
         meeting_id: id.clone(),
         user_id: user_id.clone(),
         role,
+        version,
     }))
     .await?;
     tx.commit().await?;
@@ -145,10 +150,12 @@ async fn revoke(
         )));
     }
     store::revoke(&mut tx, &id, &user_id, role).await?;
+    let version = store::next_version(&mut tx, &id, &user_id, role).await?;
     tx.emit(Event::PermissionRevoked(PermissionChange {
         meeting_id: id,
         user_id,
         role,
+        version,
     }))
     .await?;
     tx.commit().await?;

@@ -14,7 +14,19 @@ pub(super) async fn handle(tx: &mut Work, envelope: &Envelope, event: Event) -> 
             envelope.event_type
         )));
     };
-    store::insert_meeting(tx, &m.meeting_id, &m.title, &m.created_by).await?;
+    if !store::insert_meeting(tx, &m.meeting_id, &m.title, &m.created_by).await? {
+        // Known already: a replay grants nothing, whoever it names as creator.
+        return if store::creator(&mut **tx, &m.meeting_id).await?.as_deref()
+            == Some(m.created_by.as_str())
+        {
+            Ok(())
+        } else {
+            Err(HandleError::Reject(format!(
+                "meeting {} is known already, with another creator; nobody is granted anything",
+                crate::telemetry::short(&m.meeting_id)
+            )))
+        };
+    }
     if store::grant(
         tx,
         &m.meeting_id,
@@ -24,10 +36,13 @@ pub(super) async fn handle(tx: &mut Work, envelope: &Envelope, event: Event) -> 
     )
     .await?
     {
+        let version =
+            store::next_version(tx, &m.meeting_id, &m.created_by, MeetingRole::Manager).await?;
         tx.emit(Event::PermissionGranted(PermissionChange {
             meeting_id: m.meeting_id,
             user_id: m.created_by,
             role: MeetingRole::Manager,
+            version,
         }))
         .await?;
     }

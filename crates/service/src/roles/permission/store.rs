@@ -36,6 +36,38 @@ pub(super) async fn meeting_known_locked(tx: &mut AnyConnection, id: &str) -> sq
     Ok(found.is_some())
 }
 
+/// The next version of `user`'s `role` on a meeting: each grant and revocation takes one,
+/// under the meeting's lock, and its event carries it.
+pub(super) async fn next_version(
+    tx: &mut AnyConnection,
+    meeting_id: &str,
+    user: &str,
+    role: MeetingRole,
+) -> sqlx::Result<u64> {
+    let version: i64 = sqlx::query_scalar(
+        "INSERT INTO permission_versions (meeting_id, user_id, role, version) VALUES ($1, $2, $3, 1)
+         ON CONFLICT (meeting_id, user_id, role) DO UPDATE SET version = permission_versions.version + 1
+         RETURNING version",
+    )
+    .bind(meeting_id)
+    .bind(user)
+    .bind(role)
+    .fetch_one(tx)
+    .await?;
+    Ok(u64::try_from(version).unwrap_or(0))
+}
+
+/// Who created a known meeting.
+pub(super) async fn creator(
+    db: impl sqlx::any::AnyExecutor<'_>,
+    id: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT created_by FROM meetings WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
 /// Remember a meeting; `false` when it was known.
 pub(super) async fn insert_meeting(
     tx: &mut AnyConnection,

@@ -35,8 +35,8 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             store::insert(tx, &ballot).await?;
             Ok(())
         }
-        Event::PermissionGranted(change) => Ok(grants::apply(tx, &change, true).await?),
-        Event::PermissionRevoked(change) => Ok(grants::apply(tx, &change, false).await?),
+        Event::PermissionGranted(change) => grants::apply(tx, &change, true).await,
+        Event::PermissionRevoked(change) => grants::apply(tx, &change, false).await,
         other => Err(HandleError::Reject(format!(
             "the voting role does not handle {}",
             other.event_type()
