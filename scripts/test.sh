@@ -19,17 +19,22 @@ if [ "${1:-}" != "--suites" ]; then
 fi
 shift
 
-# The scale-out test brings its own cluster and PostgreSQL: it runs once, in the first pass.
+# The scale-out test brings its own cluster and PostgreSQL, and takes the machine's cores
+# for its eleven processes: it runs once, alone, after the two passes.
 if cargo nextest --version >/dev/null 2>&1; then
-  runner=(cargo nextest run --no-fail-fast)
+  runner=(cargo nextest run --no-fail-fast --no-tests=pass)
   not_scale=(-E 'not test(/^scale::/)')
+  only_scale=(-E 'test(/^scale::/)')
 else
   runner=(cargo test --no-fail-fast)
   not_scale=(-- --skip scale::)
+  only_scale=(-- scale::)
 fi
 status=0
 echo "== every test; stores on SQLite" >&2
-"${runner[@]}" --workspace "$@" || status=$?
+"${runner[@]}" --workspace "$@" "${not_scale[@]}" || status=$?
 echo "== the integration suite; stores on PostgreSQL" >&2
 TEST_STORE=postgres "${runner[@]}" -p app --test it "$@" "${not_scale[@]}" || status=$?
+echo "== scaled out: two replicas per role, PostgreSQL, a three-node cluster" >&2
+"${runner[@]}" -p app --test it "$@" "${only_scale[@]}" || status=$?
 exit $status

@@ -114,6 +114,12 @@ pub const VARIABLES: &[Variable] = &[
         scope: Scope::Shared,
     },
     Variable {
+        name: "MQ_MAX_MESSAGE_BYTES",
+        help: "the largest message a consumer reads; a larger one is parked unread",
+        default: Default::Fixed("1048576"),
+        scope: Scope::Shared,
+    },
+    Variable {
         name: "MQ_RETRY_DELAYS",
         help: "delay before each retry of a failed event; after the last it is parked",
         default: Default::Fixed("1s,5s,30s"),
@@ -133,6 +139,30 @@ pub const VARIABLES: &[Variable] = &[
             shown: None,
         },
         scope: Scope::PerRole,
+    },
+    Variable {
+        name: "HTTP_MAX_CONNECTIONS",
+        help: "HTTP connections open at once; more wait in the listen backlog",
+        default: Default::Fixed("1024"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_HEADER_TIMEOUT",
+        help: "how long a client may take to send a request's headers before the connection is closed",
+        default: Default::Fixed("10s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_REQUEST_TIMEOUT",
+        help: "how long a request may take, body included, before it is answered 408",
+        default: Default::Fixed("30s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_MAX_BODY_BYTES",
+        help: "the largest request body accepted (413 above it)",
+        default: Default::Fixed("65536"),
+        scope: Scope::Shared,
     },
     Variable {
         name: "DATABASE_URL",
@@ -416,6 +446,8 @@ pub struct MqSettings {
     pub queue_type: QueueType,
     /// Quorum queues: deliveries of a message before the broker dead-letters it.
     pub delivery_limit: u32,
+    /// The largest message the consumer reads.
+    pub max_message_bytes: usize,
     /// Delay before each retry of a failed handler; after the last one the message is parked.
     pub retry_delays: Vec<Duration>,
 }
@@ -428,6 +460,14 @@ pub struct Settings {
     pub http_addr: IpAddr,
     pub http_port: u16,
     pub database_url: String,
+    /// HTTP connections open at once.
+    pub http_max_connections: usize,
+    /// Deadline for a request's headers.
+    pub http_header_timeout: Duration,
+    /// Deadline for a whole request.
+    pub http_request_timeout: Duration,
+    /// The largest request body.
+    pub http_max_body_bytes: usize,
     /// Connections to a PostgreSQL store.
     pub database_pool_size: u32,
     /// `None` only where a development key is acceptable; see [`Settings::jwt_secret`].
@@ -516,10 +556,7 @@ fn layered(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     builder = builder.add_source(Environment::default().source(Some(env)));
-    let cfg = builder.build().map_err(|e| {
-        // A file that does not parse; the message names the file, never a value from the env.
-        ConfigError::new("CONFIG_DIR", format!("{}: {e}", config_dir.display()))
-    })?;
+    let cfg = builder.build().map_err(|_| file_error(role, config_dir))?;
 
     let mut out = HashMap::new();
     for name in settings_variables().map(|v| v.name) {
@@ -533,6 +570,46 @@ fn layered(
         }
     }
     Ok(out)
+}
+
+/// Which configuration file does not parse, and where: one line that names the file and the
+/// line, never the file's contents (they may hold secrets).
+fn file_error(role: Role, config_dir: &Path) -> ConfigError {
+    use config::{Config, File, FileFormat};
+    for name in ["default", role.name] {
+        let path = config_dir.join(format!("{name}.toml"));
+        let parsed = Config::builder()
+            .add_source(
+                File::from(path.clone())
+                    .format(FileFormat::Toml)
+                    .required(false),
+            )
+            .build();
+        if let Err(e) = parsed {
+            let text = e.to_string();
+            let line = text
+                .split("line ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .filter(|n| !n.is_empty())
+                .map(|n| format!(" at line {n}"))
+                .unwrap_or_default();
+            return ConfigError::new(
+                "CONFIG_DIR",
+                format!(
+                    "{}: not valid TOML{line} (contents not shown)",
+                    path.display()
+                ),
+            );
+        }
+    }
+    ConfigError::new(
+        "CONFIG_DIR",
+        format!(
+            "{}: the configuration files do not load",
+            config_dir.display()
+        ),
+    )
 }
 
 fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, ConfigError> {
@@ -588,6 +665,16 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ConfigError::new("MQ_DELIVERY_LIMIT", "must be a whole number above 0"))?;
+    let max_message_bytes = get("MQ_MAX_MESSAGE_BYTES")
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1024..=128 * 1024 * 1024).contains(n))
+        .ok_or_else(|| {
+            ConfigError::new(
+                "MQ_MAX_MESSAGE_BYTES",
+                "must be a number of bytes from 1024 to 134217728",
+            )
+        })?;
     let retry_delays = list(&get("MQ_RETRY_DELAYS"))
         .iter()
         .map(|d| parse_duration("MQ_RETRY_DELAYS", d))
@@ -610,6 +697,37 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
     let http_port = get("HTTP_PORT")
         .parse::<u16>()
         .map_err(|_| ConfigError::new("HTTP_PORT", "must be a port number from 0 to 65535"))?;
+    let http_max_connections = get("HTTP_MAX_CONNECTIONS")
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1_000_000).contains(n))
+        .ok_or_else(|| {
+            ConfigError::new(
+                "HTTP_MAX_CONNECTIONS",
+                "must be a whole number from 1 to 1000000",
+            )
+        })?;
+    let http_header_timeout = parse_duration("HTTP_HEADER_TIMEOUT", &get("HTTP_HEADER_TIMEOUT"))?;
+    let http_request_timeout =
+        parse_duration("HTTP_REQUEST_TIMEOUT", &get("HTTP_REQUEST_TIMEOUT"))?;
+    for (name, d) in [
+        ("HTTP_HEADER_TIMEOUT", http_header_timeout),
+        ("HTTP_REQUEST_TIMEOUT", http_request_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(ConfigError::new(name, "must be above zero"));
+        }
+    }
+    let http_max_body_bytes = get("HTTP_MAX_BODY_BYTES")
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+        .ok_or_else(|| {
+            ConfigError::new(
+                "HTTP_MAX_BODY_BYTES",
+                "must be a number of bytes from 1024 to 67108864",
+            )
+        })?;
     let database_url = non_empty("DATABASE_URL")?;
     if crate::store::Dialect::of_url(&database_url).is_none() {
         return Err(ConfigError::new(
@@ -679,11 +797,16 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
             prefetch,
             queue_type,
             delivery_limit,
+            max_message_bytes,
             retry_delays,
         },
         http_addr,
         http_port,
         database_url,
+        http_max_connections,
+        http_header_timeout,
+        http_request_timeout,
+        http_max_body_bytes,
         database_pool_size,
         jwt_secret,
         max_candidates,
@@ -786,6 +909,9 @@ mod tests {
             ("CORS_ALLOWED_ORIGINS", "example.com"),
             ("DATABASE_URL", "mysql://x"),
             ("DATABASE_POOL_SIZE", "0"),
+            ("HTTP_MAX_CONNECTIONS", "0"),
+            ("HTTP_HEADER_TIMEOUT", "0s"),
+            ("HTTP_MAX_BODY_BYTES", "12"),
         ] {
             let err = load(&[(var, value)]).unwrap_err();
             assert_eq!(err.variable, var, "{err}");
@@ -822,6 +948,28 @@ mod tests {
         );
         let err = load(&[("AMQP_URL", "amqp://a@r1/%2f,http://r2")]).unwrap_err();
         assert_eq!(err.variable, "AMQP_URL");
+    }
+
+    #[test]
+    fn a_broken_file_is_named_with_its_line_never_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("election.toml"),
+            "mq_exchange = \"ok\"\namqp_url = \"amqp://u:hunter2@h/%2f\nauth_jwt_secret = \"s3cr3t",
+        )
+        .unwrap();
+        let err = Settings::load(election(), &HashMap::new(), dir.path()).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.variable, "CONFIG_DIR");
+        assert!(
+            text.contains("election.toml") && text.contains("line 2"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
     }
 
     #[test]

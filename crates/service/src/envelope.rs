@@ -37,6 +37,8 @@ pub struct Envelope {
 pub enum DecodeError {
     #[error("body is not UTF-8 JSON: {0}")]
     NotJson(String),
+    #[error("body is {size} bytes, over the limit of {max}; not read")]
+    TooLarge { size: usize, max: usize },
     #[error("body is not an event envelope: {0}")]
     NotEnvelope(String),
     #[error("event_version {0} is not supported (this build knows {EVENT_VERSION})")]

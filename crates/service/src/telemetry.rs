@@ -123,9 +123,10 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
-/// Text from outside (a message, a request) as it may appear in a log line or an error
-/// message: at most 64 characters, control characters and quotes escaped.
-pub(crate) fn short(text: &str) -> String {
+/// Text from outside (a message, a request) as it may appear in a log line, an error message
+/// or an operator command's output: at most 64 characters, control characters and quotes
+/// escaped, so it can neither forge a line nor flood one.
+pub fn short(text: &str) -> String {
     const MAX: usize = 64;
     let mut out: String = text
         .chars()

@@ -16,6 +16,7 @@ use meeting_events::envelope::{now_rfc3339, Envelope, EVENT_VERSION};
 use meeting_events::messaging::headers;
 use meeting_events::messaging::publisher::{self, Published};
 use meeting_events::messaging::topology;
+use meeting_events::telemetry::short;
 use meeting_events::Role;
 
 use super::Failure;
@@ -102,7 +103,13 @@ pub(crate) async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow:
 /// One line for a message: an envelope's fields, or a preview of the bytes.
 fn describe(body: &[u8]) -> (String, String, String, String) {
     match Envelope::from_bytes(body) {
-        Ok(e) => (e.event_type, e.producer, e.event_id, e.data.to_string()),
+        // Text from the bus is escaped: it cannot forge or break an output line.
+        Ok(e) => (
+            short(&e.event_type),
+            short(&e.producer),
+            short(&e.event_id),
+            e.data.to_string(),
+        ),
         Err(_) => ("-".into(), "-".into(), "-".into(), preview(body)),
     }
 }
@@ -161,7 +168,8 @@ pub(crate) async fn tail(bindings: &[String]) -> anyhow::Result<()> {
 
 /// The id shown for a parked message: its `message_id`, else its envelope's `event_id`.
 fn message_id(m: &BasicGetMessage) -> String {
-    m.delivery
+    let id = m
+        .delivery
         .properties
         .message_id()
         .as_ref()
@@ -171,7 +179,8 @@ fn message_id(m: &BasicGetMessage) -> String {
                 .ok()
                 .map(|e| e.event_id)
         })
-        .unwrap_or_else(|| "-".into())
+        .unwrap_or_else(|| "-".into());
+    short(&id)
 }
 
 /// Take every message of the dead-letter queue without acking: closing the channel puts back

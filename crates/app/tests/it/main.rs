@@ -2,6 +2,7 @@
 //! `scripts/test.sh` starts). One binary; each test has its own exchange and queues.
 
 mod helpers;
+mod hostile;
 
 mod adversary;
 mod api_errors;

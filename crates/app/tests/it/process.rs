@@ -118,6 +118,33 @@ fn a_bad_variable_is_one_line_naming_it_and_exit_status_2() {
 }
 
 #[test]
+fn no_development_key_unless_asked_for() {
+    // Without a secret and without --dev, nothing runs and no token is signed.
+    for args in [&["all"][..], &["meeting"], &["token", "--user", "alice"]] {
+        let out = run_app(args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("AUTH_JWT_SECRET"), "{stderr}");
+    }
+    for (value, why) in [
+        ("   ", "blank"),
+        ("only-31-bytes-long-0123456789ab", "too short"),
+    ] {
+        let out = run_app(&["meeting"], &[("AUTH_JWT_SECRET", value)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(why), "{stderr}");
+    }
+    // Asked for, the development key signs.
+    let out = run_app(&["token", "--dev", "--user", "alice"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn help_explains_commands_and_variables_and_token_signs_with_the_key() {
     let out = run_app(&["--help"], &[]);
     let help = String::from_utf8_lossy(&out.stdout);

@@ -1,7 +1,7 @@
 //! The API error: one enum mapped to a status and a JSON body `{"error", "message"}`.
 //! Internal failures are logged with their cause and answered without it.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +21,15 @@ pub(crate) enum ApiError {
     /// 404
     #[error("{0}")]
     NotFound(String),
+    /// 408: the request took too long (a slow client).
+    #[error("{0}")]
+    Timeout(String),
+    /// 413: the body is over `HTTP_MAX_BODY_BYTES`.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body is not `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 409: the resource is not in a state that allows this.
     #[error("{0}")]
     Conflict(String),
@@ -48,6 +57,11 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Store(e) if crate::store::is_retryable(e) => {
@@ -97,15 +111,33 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
+        let text = crate::telemetry::short(&r.body_text());
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(text),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
+                "the body must be JSON, sent with Content-Type: application/json".into(),
+            ),
+            _ => ApiError::BadRequest(text),
+        }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
+        ApiError::BadRequest(crate::telemetry::short(&r.body_text()))
     }
 }
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(crate::telemetry::short(&r.body_text()))
+    }
+}
+
+/// Path parameters whose rejections are answered as [`ApiError::BadRequest`].
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct ApiPath<T>(pub T);
 
 /// A JSON body whose parse errors are answered as [`ApiError::BadRequest`].
 #[derive(axum::extract::FromRequest)]
@@ -135,6 +167,11 @@ pub(crate) fn text_field(name: &str, value: &str, max: usize) -> Result<String, 
     let value = value.trim();
     if value.is_empty() {
         return Err(ApiError::Invalid(format!("{name} must not be empty")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(format!(
+            "{name} must not contain control characters"
+        )));
     }
     if value.chars().count() > max {
         return Err(ApiError::Invalid(format!(

@@ -3,6 +3,7 @@
 
 pub(crate) mod auth;
 mod error;
+mod serve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,8 @@ use tower_http::trace::TraceLayer;
 
 pub(crate) use auth::{Auth, User};
 use error::LostRace;
-pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiQuery};
+pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery};
+pub(crate) use serve::{serve, Limits};
 
 use crate::messaging::{Broker, Outbox};
 use crate::store::Store;
@@ -41,9 +43,17 @@ pub(crate) struct AppState {
 }
 
 /// The role's routes behind auth, plus the probe routes, fallbacks and layers.
-pub(crate) fn app(state: AppState, api: Router<AppState>, cors_origins: &[String]) -> Router {
+pub(crate) fn app(
+    state: AppState,
+    api: Router<AppState>,
+    settings: &crate::config::Settings,
+) -> Router {
+    let cors_origins = &settings.cors_allowed_origins;
+    let (max_body, request_timeout) = (settings.http_max_body_bytes, settings.http_request_timeout);
     let api = api
-        .route_layer(middleware::from_fn(retry_lost_races))
+        .route_layer(middleware::from_fn(move |request: Request, next: Next| {
+            retry_lost_races(max_body, request, next)
+        }))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,
@@ -57,6 +67,10 @@ pub(crate) fn app(state: AppState, api: Router<AppState>, cors_origins: &[String
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": "method_not_allowed", "message": "method not allowed on this route"})))
         })
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            within(request_timeout, request, next)
+        }))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), track_requests))
         .layer(TraceLayer::new_for_http())
         .with_state(state);
@@ -133,34 +147,48 @@ async fn track_requests(State(state): State<AppState>, request: Request, next: N
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().to_string();
+    // A closed set: an invented method must not become a new series.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let service = state.service.to_string();
-    metrics::counter!("http_requests_total", "service" => service.clone(), "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::counter!("http_requests_total", "service" => service.clone(), "method" => method, "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("http_request_duration_seconds", "service" => service, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }
 
-/// The largest request body the API reads (as axum's JSON extractor).
-const BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Answer 408 when a request, body included, takes longer than `limit`.
+async fn within(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError::Timeout(format!("the request took longer than {limit:?}")).into_response()
+        }
+    }
+}
 
 /// Run a request again when its transaction lost a race with another replica (PostgreSQL
 /// serialization failure or deadlock), a bounded number of times, so the caller sees the
 /// result of a clean run rather than the race. Reads never write, so only writes are kept
 /// for a second run.
-async fn retry_lost_races(request: Request, next: Next) -> Response {
+async fn retry_lost_races(max_body: usize, request: Request, next: Next) -> Response {
     if request.method() == Method::GET || request.method() == Method::HEAD {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Json(json!({"error": "payload_too_large", "message": format!("the request body is over {BODY_LIMIT} bytes")})),
-        )
+    let Ok(bytes) = axum::body::to_bytes(body, max_body).await else {
+        return ApiError::PayloadTooLarge(format!("the request body is over {max_body} bytes"))
             .into_response();
     };
     let mut attempt = 0;

@@ -27,7 +27,7 @@ use crate::messaging::outbox::{Outbox, Work};
 use crate::messaging::publisher::{self, Published};
 use crate::messaging::{headers, inbox, topology, Broker, Session};
 use crate::store::{is_retryable, race_backoff, RACE_RETRIES};
-use crate::telemetry::Chain;
+use crate::telemetry::{short, Chain};
 
 /// Why a handler did not apply an event.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,13 @@ fn type_label(event_type: &str) -> &'static str {
 }
 
 /// The envelope and its typed event, or why the message can never be handled.
-fn decode(body: &[u8]) -> Result<(Envelope, Event), DecodeError> {
+fn decode(body: &[u8], max: usize) -> Result<(Envelope, Event), DecodeError> {
+    if body.len() > max {
+        return Err(DecodeError::TooLarge {
+            size: body.len(),
+            max,
+        });
+    }
     let envelope = Envelope::from_bytes(body)?;
     let event = envelope.event()?;
     Ok((envelope, event))
@@ -203,19 +209,23 @@ impl Consumer {
 
     /// Handle one delivery to the end: acked after commit, or retried, or parked.
     async fn process(&self, session: &Session, delivery: Delivery) -> lapin::Result<()> {
-        let (envelope, event) = match decode(&delivery.data) {
-            Ok(decoded) => decoded,
-            Err(e) => {
-                let label = Envelope::from_bytes(&delivery.data)
-                    .map_or("other", |env| type_label(&env.event_type));
-                let handled = Handled::Impossible(ParkReason::from(&e));
-                return self
-                    .settle(session, &delivery, label, handled, &e.to_string())
-                    .await;
-            }
-        };
+        let (envelope, event) =
+            match decode(&delivery.data, self.broker.settings().max_message_bytes) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    let label = match e {
+                        DecodeError::TooLarge { .. } => "other",
+                        _ => Envelope::from_bytes(&delivery.data)
+                            .map_or("other", |env| type_label(&env.event_type)),
+                    };
+                    let handled = Handled::Impossible(ParkReason::from(&e));
+                    return self
+                        .settle(session, &delivery, label, handled, &e.to_string())
+                        .await;
+                }
+            };
         let label = type_label(&envelope.event_type);
-        let span = tracing::info_span!("event", event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id());
+        let span = tracing::info_span!("event", event_id = %short(&envelope.event_id), event_type = type_label(&envelope.event_type), correlation_id = %short(envelope.chain_id()));
         async {
             let service = &self.broker.settings().service_name;
             let started = Instant::now();
@@ -295,7 +305,7 @@ impl Consumer {
         }
         let mut ready = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match decode(&delivery.data) {
+            match decode(&delivery.data, self.broker.settings().max_message_bytes) {
                 Ok((envelope, event)) => ready.push((delivery, envelope, event)),
                 // Can never succeed: parked, with its reason, by the one-at-a-time path.
                 Err(_) => self.process(session, delivery).await?,
@@ -330,11 +340,11 @@ impl Consumer {
     fn record_applied(&self, envelope: &Envelope, label: &'static str, applied: &Applied) {
         let outcome = match applied {
             Applied::Applied => {
-                tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), producer = %envelope.producer, "event applied");
+                tracing::info!(event_id = %short(&envelope.event_id), event_type = type_label(&envelope.event_type), correlation_id = %short(envelope.chain_id()), producer = %short(&envelope.producer), "event applied");
                 "applied"
             }
             Applied::Duplicate => {
-                tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event already applied; duplicate acked");
+                tracing::info!(event_id = %short(&envelope.event_id), event_type = type_label(&envelope.event_type), correlation_id = %short(envelope.chain_id()), "event already applied; duplicate acked");
                 "duplicate"
             }
         };
@@ -411,7 +421,7 @@ impl Consumer {
             .as_ref()
             .map(|s| s.to_string())
             .unwrap_or_default();
-        tracing::error!(service = %mq.service_name, event_id = %message_id, event_type = label, correlation_id = delivery.properties.correlation_id().as_ref().map(|s| s.as_str()).unwrap_or(""), %reason, detail, attempts, "message parked in the dead-letter queue");
+        tracing::error!(service = %mq.service_name, event_id = %short(&message_id), event_type = label, correlation_id = %short(delivery.properties.correlation_id().as_ref().map(|s| s.as_str()).unwrap_or("")), %reason, detail = %short(detail), attempts, "message parked in the dead-letter queue");
         let props = headers::with_headers(
             &delivery.properties,
             &[

@@ -13,6 +13,8 @@ use crate::envelope::DecodeError;
 pub enum ParkReason {
     /// The body is not UTF-8 JSON.
     NotJson,
+    /// The body is over `MQ_MAX_MESSAGE_BYTES`: parked without being parsed.
+    TooLarge,
     /// JSON, but not an event envelope.
     NotEnvelope,
     /// An `event_version` this build does not know.
@@ -32,8 +34,9 @@ pub enum ParkReason {
 impl ParkReason {
     /// Every reason.
     #[cfg(test)]
-    pub const ALL: [ParkReason; 8] = [
+    pub const ALL: [ParkReason; 9] = [
         ParkReason::NotJson,
+        ParkReason::TooLarge,
         ParkReason::NotEnvelope,
         ParkReason::UnknownVersion,
         ParkReason::UnknownType,
@@ -47,6 +50,7 @@ impl ParkReason {
     pub fn label(self) -> &'static str {
         match self {
             ParkReason::NotJson => "not_json",
+            ParkReason::TooLarge => "too_large",
             ParkReason::NotEnvelope => "not_envelope",
             ParkReason::UnknownVersion => "unknown_version",
             ParkReason::UnknownType => "unknown_type",
@@ -68,6 +72,7 @@ impl From<&DecodeError> for ParkReason {
     fn from(e: &DecodeError) -> Self {
         match e {
             DecodeError::NotJson(_) => ParkReason::NotJson,
+            DecodeError::TooLarge { .. } => ParkReason::TooLarge,
             DecodeError::NotEnvelope(_) => ParkReason::NotEnvelope,
             DecodeError::UnknownVersion(_) => ParkReason::UnknownVersion,
             DecodeError::UnknownType(_) => ParkReason::UnknownType,

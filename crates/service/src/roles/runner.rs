@@ -1,7 +1,6 @@
 //! The runner: wires one role to the shared parts — store, broker connection, consumer,
 //! outbox relay and HTTP server — and stops them in order (docs/architecture.md §6).
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,13 +56,13 @@ pub(crate) async fn run(
         outbox,
         settings: Arc::new(settings.clone()),
     };
-    let app = http::app(state, (role.router)(), &settings.cors_allowed_origins);
+    let app = http::app(state, (role.router)(), &settings);
     let addr = listener.local_addr()?;
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(intake.clone().cancelled_owned())
-            .into_future(),
-    );
+    let limits = http::Limits {
+        max_connections: settings.http_max_connections,
+        header_timeout: settings.http_header_timeout,
+    };
+    let mut server = tokio::spawn(http::serve(listener, app, limits, intake.clone()));
     tracing::info!(%service, %addr, queue = %settings.mq.queue, exchange = %settings.mq.exchange, "serving");
 
     let mut failure = None;

@@ -1,6 +1,6 @@
 //! Election routes (docs/architecture.md §4).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::store::{self, Election};
 use crate::domain::ElectionStatus;
-use crate::http::{page, text_field, ApiError, ApiJson, ApiQuery, AppState, User};
+use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
 use crate::roles::grants;
 
 pub(super) fn router() -> Router<AppState> {
@@ -69,7 +69,7 @@ async fn list(
 
 async fn get_one(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let e = store::by_id(&state.pool, &id)
         .await?
@@ -80,7 +80,7 @@ async fn get_one(
 async fn nominate(
     State(state): State<AppState>,
     user: User,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Nomination>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut tx = state.store.begin().await?;

@@ -1,6 +1,6 @@
 //! Meeting routes (docs/architecture.md §4).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use super::store::{self, AgendaItem, Meeting};
 use crate::domain::{ItemKind, ItemStatus};
 use crate::envelope::now_rfc3339;
 use crate::events::{ElectionCreate, ElectionStart, Event, MeetingCreated};
-use crate::http::{page, text_field, ApiError, ApiJson, ApiQuery, AppState, User};
+use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
 use crate::messaging::Work;
 use crate::roles::grants;
 
@@ -128,7 +128,7 @@ async fn list_meetings(
 
 async fn get_meeting(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let meeting = find_meeting(&state, &id).await?;
     Ok(Json(view(&state, meeting).await?))
@@ -137,7 +137,7 @@ async fn get_meeting(
 async fn add_item(
     State(state): State<AppState>,
     user: User,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<NewItem>,
 ) -> Result<(StatusCode, Json<AgendaItem>), ApiError> {
     managed_meeting(&state, &id, &user).await?;
@@ -185,7 +185,7 @@ async fn find_item(
 async fn open_item(
     State(state): State<AppState>,
     user: User,
-    Path((id, item_id)): Path<(String, String)>,
+    ApiPath((id, item_id)): ApiPath<(String, String)>,
 ) -> Result<Json<AgendaItem>, ApiError> {
     let mut tx = managed_work(&state, &id, &user).await?;
     // Read again under the write lock: the checks and the change see the same state.
@@ -229,7 +229,7 @@ async fn open_item(
 async fn start_election(
     State(state): State<AppState>,
     user: User,
-    Path((id, item_id)): Path<(String, String)>,
+    ApiPath((id, item_id)): ApiPath<(String, String)>,
 ) -> Result<Json<AgendaItem>, ApiError> {
     let mut tx = managed_work(&state, &id, &user).await?;
     store::meeting_locked(&mut tx, &id).await?;

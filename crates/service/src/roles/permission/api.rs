@@ -1,6 +1,6 @@
 //! Permission routes (docs/architecture.md §4).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -12,7 +12,7 @@ use sqlx::AnyConnection;
 
 use crate::domain::MeetingRole;
 use crate::events::{Event, PermissionChange};
-use crate::http::{page, text_field, ApiError, ApiJson, ApiQuery, AppState, User};
+use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -89,7 +89,7 @@ fn may_revoke(role: MeetingRole, holders: i64) -> bool {
 async fn list(
     State(state): State<AppState>,
     user: User,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<Paging>,
 ) -> Result<Json<Vec<Permission>>, ApiError> {
     let (limit, offset) = page(q.limit, q.offset)?;
@@ -102,7 +102,7 @@ async fn list(
 async fn grant(
     State(state): State<AppState>,
     user: User,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Grant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut tx = state.outbox.begin().await?;
@@ -133,7 +133,7 @@ async fn grant(
 async fn revoke(
     State(state): State<AppState>,
     user: User,
-    Path((id, user_id, role)): Path<(String, String, String)>,
+    ApiPath((id, user_id, role)): ApiPath<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.outbox.begin().await?;
     locked_meeting(&mut tx, &id).await?;

@@ -1,6 +1,6 @@
 //! Voting routes (docs/architecture.md §4).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::store::{self, Ballot};
 use crate::domain::BallotStatus;
 use crate::events::{Event, VotingCompleted};
-use crate::http::{page, ApiError, ApiJson, ApiQuery, AppState, User};
+use crate::http::{page, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
 use crate::roles::grants;
 
 pub(super) fn router() -> Router<AppState> {
@@ -81,7 +81,7 @@ async fn list(
 
 async fn get_one(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let b = find(&state.pool, &id).await?;
     Ok(Json(view(&state.pool, b).await?))
@@ -90,7 +90,7 @@ async fn get_one(
 async fn vote(
     State(state): State<AppState>,
     user: User,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Vote>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut tx = state.store.begin().await?;
@@ -101,7 +101,13 @@ async fn vote(
     if !b.options.0.contains(&body.choice) {
         return Err(ApiError::Invalid(format!(
             "{:?} is not an option of ballot {id}: {:?}",
-            body.choice, b.options.0
+            crate::telemetry::short(&body.choice),
+            b.options
+                .0
+                .iter()
+                .take(10)
+                .map(|o| crate::telemetry::short(o))
+                .collect::<Vec<_>>()
         )));
     }
     if !store::cast(&mut tx, &id, &user.0, &body.choice).await? {
@@ -120,7 +126,7 @@ async fn vote(
 async fn close(
     State(state): State<AppState>,
     user: User,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let b = find(&state.pool, &id).await?;
     grants::require_manager(&state.pool, &b.meeting_id, &user.0).await?;
