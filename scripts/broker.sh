@@ -6,6 +6,7 @@
 #   scripts/broker.sh stop DIR         stop that node (its data stays in DIR)
 #   scripts/broker.sh kill DIR         SIGKILL the node's VM, as a crash would
 #   scripts/broker.sh close-connections DIR   have the node close every client connection
+#   scripts/broker.sh ctl DIR ARGS…    rabbitmqctl ARGS… against that node (users, permissions)
 #   scripts/broker.sh run CMD [ARGS…]  run CMD with AMQP_URL set: the caller's, or a throwaway
 #                                      node's that is stopped and removed afterwards
 #
@@ -120,6 +121,7 @@ case "${1:-}" in
   stop) shift; stop "$@" ;;
   kill) shift; kill_node "$@" ;;
   close-connections) shift; close_connections "$@" ;;
+  ctl) shift; dir=${1:?usage: ctl DIR ARGS…}; shift; node_env "$dir"; rabbitmqctl -q -n "$RABBITMQ_NODENAME" "$@" ;;
   run) shift; run_with_broker "$@" ;;
   *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR | close-connections DIR | run CMD…" ;;
 esac

@@ -131,6 +131,14 @@ pub enum DlqCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TopologyCommand {
+    /// Print the rabbitmqctl commands that give each role its own broker user, allowed to
+    /// declare and use its own queues and to publish only the routing keys it produces
+    /// (for `MQ_TRUST=strict`). Passwords are read from $<ROLE>_BROKER_PASSWORD.
+    Permissions {
+        /// The virtual host.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
     /// Check the exchange and each role's queue, retry queues and dead-letter queue exist
     /// with the expected arguments; exit status 1 if anything differs.
     Verify {

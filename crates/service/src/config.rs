@@ -96,6 +96,18 @@ pub const VARIABLES: &[Variable] = &[
         scope: Scope::PerRole,
     },
     Variable {
+        name: "MQ_TRUST",
+        help: "`open`: events are believed from any broker user; `strict`: only from the broker users of each event's producers (`MQ_PRODUCERS`), checked on the broker-verified AMQP `user_id`",
+        default: Default::Fixed("open"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_PRODUCERS",
+        help: "the broker user each role publishes as, `role=user` comma-separated (a role may be listed twice)",
+        default: Default::Absent("each role's default `SERVICE_NAME` (`meeting=meeting-service`, …)"),
+        scope: Scope::Shared,
+    },
+    Variable {
         name: "MQ_PREFETCH",
         help: "consumer prefetch",
         default: Default::Fixed("64"),
@@ -336,6 +348,7 @@ impl fmt::Debug for Secret {
 #[derive(Clone)]
 pub struct AmqpUrl {
     nodes: Vec<(Secret, String)>,
+    user: String,
 }
 
 impl AmqpUrl {
@@ -365,12 +378,31 @@ impl AmqpUrl {
         if nodes.is_empty() {
             return Err(invalid());
         }
-        Ok(Self { nodes })
+        let users: std::collections::BTreeSet<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .filter_map(|one| lapin::uri::AMQPUri::from_str(one).ok())
+            .map(|uri| uri.authority.userinfo.username)
+            .collect();
+        if users.len() != 1 {
+            return Err(ConfigError::new(
+                "AMQP_URL",
+                "every node must be reached as the same broker user",
+            ));
+        }
+        let user = users.into_iter().next().unwrap_or_default();
+        Ok(Self { nodes, user })
     }
 
     /// The first node's full URI, password included: pass it to the client library only.
     pub fn expose(&self) -> &str {
         self.nodes[0].0.expose()
+    }
+
+    /// The broker user the role connects as: its identity on the bus.
+    pub fn user(&self) -> &str {
+        &self.user
     }
 
     /// How many nodes there are.
@@ -408,6 +440,15 @@ word_enum! {
     QueueType {
         Classic = "classic",
         Quorum = "quorum",
+    }
+}
+
+word_enum! {
+    /// Whom a consumer believes: anyone who can publish (`open`, for a laptop with one
+    /// broker user), or only each event's producers, by their broker user (`strict`).
+    Trust {
+        Open = "open",
+        Strict = "strict",
     }
 }
 
@@ -450,6 +491,27 @@ pub struct MqSettings {
     pub max_message_bytes: usize,
     /// Delay before each retry of a failed handler; after the last one the message is parked.
     pub retry_delays: Vec<Duration>,
+    /// Whether events are accepted only from their producers' broker users.
+    pub trust: Trust,
+    /// The broker users each role publishes as (`MQ_PRODUCERS`).
+    pub producers: Vec<(String, String)>,
+}
+
+impl MqSettings {
+    /// Whether `user` may publish `event_type` here: always in `open` mode; in `strict`
+    /// mode only a broker user of a role the catalogue names as its producer.
+    pub fn trusts(&self, event_type: crate::events::EventType, user: Option<&str>) -> bool {
+        match self.trust {
+            Trust::Open => true,
+            Trust::Strict => user.is_some_and(|user| {
+                event_type.producers().any(|role| {
+                    self.producers
+                        .iter()
+                        .any(|(r, u)| r == role.name && u == user)
+                })
+            }),
+        }
+    }
 }
 
 /// Typed settings of one role.
@@ -660,6 +722,27 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
             format!("{queue_type:?} is not {}", e.choices()),
         )
     })?;
+    let trust = get("MQ_TRUST");
+    let trust: Trust = trust.parse().map_err(|e: UnknownWord| {
+        ConfigError::new("MQ_TRUST", format!("{trust:?} is not {}", e.choices()))
+    })?;
+    let producers = match get("MQ_PRODUCERS") {
+        p if p.is_empty() => crate::roles::ALL
+            .iter()
+            .map(|r| (r.name.to_string(), r.service_name()))
+            .collect(),
+        p => list(&p)
+            .iter()
+            .map(|pair| {
+                let (role, user) = pair.split_once('=').ok_or_else(|| {
+                    ConfigError::new("MQ_PRODUCERS", format!("{pair:?} is not role=user"))
+                })?;
+                let role = crate::roles::find(role.trim())
+                    .map_err(|e| ConfigError::new("MQ_PRODUCERS", e))?;
+                Ok((role.name.to_string(), user.trim().to_string()))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?,
+    };
     let delivery_limit = get("MQ_DELIVERY_LIMIT")
         .parse::<u32>()
         .ok()
@@ -799,6 +882,8 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
             delivery_limit,
             max_message_bytes,
             retry_delays,
+            trust,
+            producers,
         },
         http_addr,
         http_port,
@@ -895,6 +980,7 @@ mod tests {
             ("HTTP_PORT", "eighty"),
             ("MQ_PREFETCH", "0"),
             ("MQ_DELIVERY_LIMIT", "0"),
+            ("MQ_TRUST", "trusting"),
             ("MQ_QUEUE_TYPE", "stream"),
             ("MQ_EXCHANGE_TYPE", "x-delayed"),
             ("MQ_EXCHANGE", " "),
@@ -930,6 +1016,43 @@ mod tests {
         );
         let err = load(&[("AMQP_URL", "amqp://bob:hunter2@rabbit:notaport/x")]).unwrap_err();
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn strict_mode_believes_only_each_events_producers() {
+        use crate::events::EventType;
+        let open = load(&[]).unwrap();
+        assert!(open.mq.trusts(EventType::PermissionGranted, None));
+        let strict = load(&[
+            ("MQ_TRUST", "strict"),
+            (
+                "MQ_PRODUCERS",
+                "permission=perm-user,meeting=meet-user,permission=py-helper",
+            ),
+        ])
+        .unwrap();
+        let t = EventType::PermissionGranted;
+        assert!(strict.mq.trusts(t, Some("perm-user")));
+        assert!(
+            strict.mq.trusts(t, Some("py-helper")),
+            "a role listed twice"
+        );
+        assert!(
+            !strict.mq.trusts(t, Some("meet-user")),
+            "meeting does not publish grants"
+        );
+        assert!(!strict.mq.trusts(t, None), "no user_id, no trust");
+        assert!(strict
+            .mq
+            .trusts(EventType::MeetingCreated, Some("meet-user")));
+        let defaults = load(&[("MQ_TRUST", "strict")]).unwrap();
+        assert!(defaults.mq.trusts(t, Some("permission-service")));
+        assert_eq!(
+            load(&[("MQ_PRODUCERS", "treasury=x")])
+                .unwrap_err()
+                .variable,
+            "MQ_PRODUCERS"
+        );
     }
 
     #[test]

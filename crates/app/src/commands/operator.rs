@@ -273,6 +273,10 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
             &props,
             &[("x-replayed-at", AMQPValue::LongString(now_rfc3339().into()))],
         );
+        // Published as the operator's broker user (the broker accepts no other user_id);
+        // the first publisher stays in x-producer-user. In strict mode, replay with the
+        // role's own credentials, or the consumer will not believe the replayed event.
+        let props = headers::moved_by(&props, settings.mq.url.user());
         let confirm = publisher::send(&ch, "", service, &m.delivery.data, props).await?;
         match publisher::confirmed(confirm).await? {
             Published::Routed => {
@@ -412,4 +416,62 @@ fn report(what: &str, check: Result<(), String>) -> bool {
             false
         }
     }
+}
+
+/// `app topology permissions`: one broker user per role, its rights derived from the role
+/// registry and the event catalogue, as rabbitmqctl commands.
+pub(crate) fn permissions(vhost: &str) -> Result<String, Failure> {
+    let all = super::all_settings(&meeting_events::config::process_env())?;
+    let mut out = vec![
+        "# One broker user per role (MQ_TRUST=strict). Configure and read: the shared exchange"
+            .to_string(),
+        "# and the role's own queues; write: the exchange, the default exchange (retries and"
+            .to_string(),
+        "# parking) and its queues; topic write: only the routing keys the role publishes."
+            .to_string(),
+    ];
+    for s in &all {
+        let role = s.role;
+        let mq = &s.mq;
+        let user = mq
+            .producers
+            .iter()
+            .find(|(r, _)| r == role.name)
+            .map_or_else(|| role.service_name(), |(_, u)| u.clone());
+        let (ex, q) = (regex_escape(&mq.exchange), regex_escape(&mq.queue));
+        let own = format!("{q}|{q}\\.retry\\..+|{q}\\.dlq");
+        let keys: Vec<String> = role
+            .publishes
+            .iter()
+            .map(|t| regex_escape(t.routing_key()))
+            .collect();
+        let password = format!("${}_BROKER_PASSWORD", role.name.to_uppercase());
+        out.push(format!(
+            "# {role}: publishes {}",
+            keys.join(", ").replace('\\', "")
+        ));
+        out.push(format!("rabbitmqctl add_user '{user}' \"{password}\""));
+        out.push(format!(
+            "rabbitmqctl set_permissions -p '{vhost}' '{user}' '^({ex}|{own})$' '^({ex}|amq\\.default|{own})$' '^({ex}|{own})$'"
+        ));
+        out.push(format!(
+            "rabbitmqctl set_topic_permissions -p '{vhost}' '{user}' '{}' '^({})$' '.*'",
+            mq.exchange,
+            keys.join("|")
+        ));
+    }
+    Ok(out.join("\n"))
+}
+
+/// A name as a literal in a regular expression.
+fn regex_escape(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
 }

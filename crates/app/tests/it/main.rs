@@ -15,3 +15,4 @@ mod operator;
 mod process;
 mod replicas;
 mod scale;
+mod trust;

@@ -117,12 +117,13 @@ async fn ready(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => reasons.push(format!("store: {}", crate::telemetry::Chain(&e))),
         Err(_) => reasons.push("store: no answer within 2s".to_string()),
     }
+    let trust = state.broker.settings().trust.as_str();
     if reasons.is_empty() {
-        Json(json!({"status": "ready"})).into_response()
+        Json(json!({"status": "ready", "trust": trust})).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reasons": reasons})),
+            Json(json!({"status": "not_ready", "reasons": reasons, "trust": trust})),
         )
             .into_response()
     }

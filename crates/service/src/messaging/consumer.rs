@@ -225,6 +225,21 @@ impl Consumer {
                 }
             };
         let label = type_label(&envelope.event_type);
+        let mq = self.broker.settings();
+        let sender = headers::producer_user(&delivery.properties, mq.url.user());
+        if !mq.trusts(event.event_type(), sender.as_deref()) {
+            let detail = format!(
+                "{label} from broker user {:?}, which is not among its producers",
+                sender
+                    .as_deref()
+                    .map(short)
+                    .unwrap_or_else(|| "(none)".into())
+            );
+            let handled = Handled::Impossible(ParkReason::UntrustedProducer);
+            return self
+                .settle(session, &delivery, label, handled, &detail)
+                .await;
+        }
         let span = tracing::info_span!("event", event_id = %short(&envelope.event_id), event_type = type_label(&envelope.event_type), correlation_id = %short(envelope.chain_id()));
         async {
             let service = &self.broker.settings().service_name;
@@ -305,10 +320,19 @@ impl Consumer {
         }
         let mut ready = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match decode(&delivery.data, self.broker.settings().max_message_bytes) {
-                Ok((envelope, event)) => ready.push((delivery, envelope, event)),
-                // Can never succeed: parked, with its reason, by the one-at-a-time path.
-                Err(_) => self.process(session, delivery).await?,
+            let mq = self.broker.settings();
+            match decode(&delivery.data, mq.max_message_bytes) {
+                Ok((envelope, event))
+                    if mq.trusts(
+                        event.event_type(),
+                        headers::producer_user(&delivery.properties, mq.url.user()).as_deref(),
+                    ) =>
+                {
+                    ready.push((delivery, envelope, event))
+                }
+                // Can never succeed, or not from this sender: parked, with its reason, by
+                // the one-at-a-time path.
+                _ => self.process(session, delivery).await?,
             }
         }
         let started = Instant::now();
@@ -455,6 +479,7 @@ impl Consumer {
         queue: &str,
         props: lapin::BasicProperties,
     ) -> lapin::Result<()> {
+        let props = headers::moved_by(&props, self.broker.settings().url.user());
         let confirm = publisher::send(&session.publisher, "", queue, &delivery.data, props).await?;
         match publisher::confirmed(confirm).await? {
             Published::Routed => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),

@@ -29,12 +29,14 @@ pub enum ParkReason {
     RetriesExhausted,
     /// The event's id was applied before with another body.
     Conflict,
+    /// Strict mode: the event came from a broker user that is not among its producers.
+    UntrustedProducer,
 }
 
 impl ParkReason {
     /// Every reason.
     #[cfg(test)]
-    pub const ALL: [ParkReason; 9] = [
+    pub const ALL: [ParkReason; 10] = [
         ParkReason::NotJson,
         ParkReason::TooLarge,
         ParkReason::NotEnvelope,
@@ -44,6 +46,7 @@ impl ParkReason {
         ParkReason::Rejected,
         ParkReason::RetriesExhausted,
         ParkReason::Conflict,
+        ParkReason::UntrustedProducer,
     ];
 
     /// A short, stable label for metrics and headers.
@@ -58,6 +61,7 @@ impl ParkReason {
             ParkReason::Rejected => "rejected",
             ParkReason::RetriesExhausted => "retries_exhausted",
             ParkReason::Conflict => "conflict",
+            ParkReason::UntrustedProducer => "untrusted_producer",
         }
     }
 }

@@ -14,6 +14,33 @@ pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
 pub const PARKED_AT: &str = "x-parked-at";
 /// The service that parked it.
 pub const PARKED_BY: &str = "x-parked-by";
+/// The broker user that first published a message a service has since moved (to a retry
+/// queue, to the dead-letter queue): the move is published as the service's own user.
+pub const PRODUCER_USER: &str = "x-producer-user";
+
+/// Who published a message, by the broker user RabbitMQ verified (`user_id` must equal the
+/// publishing connection's user). A message moved by `own_user` itself — from its retry or
+/// dead-letter queue — names its first publisher in [`PRODUCER_USER`], which only `own_user`
+/// could have set on a message whose `user_id` is its own.
+pub fn producer_user(props: &BasicProperties, own_user: &str) -> Option<String> {
+    let user = props.user_id().as_ref()?.as_str().to_string();
+    if user == own_user {
+        text(props, PRODUCER_USER).or(Some(user))
+    } else {
+        Some(user)
+    }
+}
+
+/// The properties for moving a message as `own_user`: `user_id` set to it (the broker
+/// refuses any other), the first publisher kept in [`PRODUCER_USER`].
+pub fn moved_by(props: &BasicProperties, own_user: &str) -> BasicProperties {
+    let first = producer_user(props, own_user);
+    let props = props.clone().with_user_id(own_user.into());
+    match first {
+        Some(user) => with_headers(&props, &[(PRODUCER_USER, text_value(&user))]),
+        None => without_headers(&props, &[PRODUCER_USER]),
+    }
+}
 
 /// Properties mirroring an envelope (docs/architecture.md §3): JSON, persistent, ids and type.
 pub fn for_event(

@@ -385,7 +385,9 @@ async fn relay_batch(
             &row.producer,
             row.correlation_id.as_deref(),
             (row.created_at_ms / 1000) as u64,
-        );
+        )
+        // Our identity on the bus: the broker checks it is the connection's user.
+        .with_user_id(broker.settings().url.user().into());
         match publisher::send(
             &session.publisher,
             exchange,

@@ -63,7 +63,7 @@ pub(crate) async fn run(
         header_timeout: settings.http_header_timeout,
     };
     let mut server = tokio::spawn(http::serve(listener, app, limits, intake.clone()));
-    tracing::info!(%service, %addr, queue = %settings.mq.queue, exchange = %settings.mq.exchange, "serving");
+    tracing::info!(%service, %addr, queue = %settings.mq.queue, exchange = %settings.mq.exchange, broker_user = settings.mq.url.user(), trust = %settings.mq.trust, "serving");
 
     let mut failure = None;
     tokio::select! {

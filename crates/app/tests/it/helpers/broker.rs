@@ -69,6 +69,25 @@ impl Bus {
             .expect("confirm");
     }
 
+    /// Publish an envelope stamped with `user` as its AMQP `user_id` (the broker refuses it
+    /// unless `user` is this connection's).
+    pub async fn publish_as(&self, envelope: &Envelope, user: &str) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                envelope.event_type.as_str().into(),
+                BasicPublishOptions::default(),
+                &envelope.to_bytes(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_user_id(user.into()),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+
     pub async fn publish(&self, envelope: &Envelope) {
         self.publish_raw(&envelope.event_type, &envelope.to_bytes())
             .await;
@@ -231,6 +250,19 @@ impl PrivateBroker {
     /// SIGKILL the node, as a crash.
     pub fn kill(&self) {
         broker_script(&["kill", &self.dir.path().display().to_string()]);
+    }
+
+    /// rabbitmqctl against the node.
+    pub fn ctl(&self, args: &[&str]) {
+        let mut all = vec!["ctl", self.dir.path().to_str().expect("a path")];
+        all.extend_from_slice(args);
+        broker_script(&all);
+    }
+
+    /// The node's URL as broker user `user` with password `password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        self.url
+            .replacen("guest:guest", &format!("{user}:{password}"), 1)
     }
 
     /// Have the node close every client connection (a connection reset).

@@ -42,6 +42,8 @@ pub struct Ctx {
     pub amqp_url: String,
     pub dir: tempfile::TempDir,
     pub extra: HashMap<String, String>,
+    /// Variables for one role only, by role name (applied after `extra`).
+    pub per_role: HashMap<&'static str, HashMap<String, String>>,
     /// The PostgreSQL instance holding the roles' stores, if not SQLite.
     pub postgres: Option<String>,
 }
@@ -65,6 +67,7 @@ impl Ctx {
             amqp_url,
             dir: tempfile::tempdir().expect("tempdir"),
             extra: HashMap::new(),
+            per_role: HashMap::new(),
             postgres,
         };
         if let Some(base) = &ctx.postgres {
@@ -96,6 +99,7 @@ impl Ctx {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.extend(self.extra.clone());
+        env.extend(self.per_role.get(role.name).cloned().unwrap_or_default());
         env
     }
 

@@ -1,0 +1,80 @@
+//! Strict mode: each role connects as its own broker user, stamps it on what it publishes
+//! (the broker checks it), and believes an event only from the broker users of the roles
+//! the catalogue names as its producers. Anything else is parked as `untrusted_producer`.
+
+use std::time::Duration;
+
+use meeting_events::domain::MeetingRole;
+use meeting_events::envelope::Envelope;
+use meeting_events::events::{Event, PermissionChange};
+use meeting_events::messaging::headers;
+use meeting_events::messaging::topology::dead_letter_queue;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn in_strict_mode_an_event_is_believed_only_from_its_producers_broker_user() {
+    let broker = PrivateBroker::start();
+    let mut ctx = Ctx::on(broker.url.clone());
+    let mut producers = Vec::new();
+    for role in meeting_events::roles::ALL {
+        let user = ctx.queue(role);
+        broker.ctl(&["add_user", &user, "pw"]);
+        broker.ctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+        producers.push(format!("{}={user}", role.name));
+        ctx.per_role.insert(
+            role.name,
+            [("AMQP_URL".to_string(), broker.url_as(&user, "pw"))].into(),
+        );
+    }
+    // A pod that holds a broker credential of its own, and publishes what it likes.
+    broker.ctl(&["add_user", "mallory", "pw"]);
+    broker.ctl(&["set_permissions", "-p", "/", "mallory", ".*", ".*", ".*"]);
+    ctx.extra.insert("MQ_TRUST".into(), "strict".into());
+    ctx.extra.insert("MQ_PRODUCERS".into(), producers.join(","));
+
+    let stack = Stack::start(&ctx).await;
+    let (_, ready) = Client::anonymous()
+        .get(&format!("{}/ready", stack.meeting.base))
+        .await;
+    assert_eq!(ready["trust"], "strict", "{ready}");
+    // The roles' own events flow: the creator becomes manager through permission.granted.
+    let alice = Client::as_user("alice");
+    let meeting = meeting_with_manager(&stack.urls(), &alice, "Strict").await;
+
+    let forged = Envelope::new(
+        &Event::PermissionGranted(PermissionChange {
+            meeting_id: meeting.clone(),
+            user_id: "mallory".into(),
+            role: MeetingRole::Manager,
+            version: 99,
+        }),
+        "permission-service",
+    );
+    // From mallory's own credential, and from a role that does not produce grants.
+    let mallory = Bus::connect_to(&broker.url_as("mallory", "pw"), &ctx.exchange).await;
+    mallory.publish_as(&forged, "mallory").await;
+    let voting_user = ctx.queue(&VOTING);
+    let voting = Bus::connect_to(&broker.url_as(&voting_user, "pw"), &ctx.exchange).await;
+    let mut second = forged.clone();
+    second.event_id = uuid::Uuid::new_v4().to_string();
+    voting.publish_as(&second, &voting_user).await;
+
+    let bus = Bus::connect(&ctx).await;
+    let dlq = dead_letter_queue(&ctx.queue(&MEETING));
+    eventually(Duration::from_secs(15), || async {
+        (bus.queue_len(&dlq).await == 2).then_some(())
+    })
+    .await
+    .expect("both forgeries parked by the meeting role");
+    for m in bus.drain(&dlq).await {
+        let why = headers::text(&m.delivery.properties, headers::REASON).unwrap_or_default();
+        assert!(why.starts_with("untrusted_producer: "), "{why}");
+    }
+    let (_, m) = alice
+        .get(&format!("{}/meetings/{meeting}", stack.meeting.base))
+        .await;
+    assert_eq!(m["managers"], json!(["alice"]), "mallory got nothing: {m}");
+    stack.stop().await;
+}
