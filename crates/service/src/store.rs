@@ -270,6 +270,45 @@ pub(crate) async fn race_backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
+/// The row of `table` with this `id`; `lock` is appended to the query (see [`for_update`]).
+pub(crate) async fn row_by_id<T>(
+    db: impl sqlx::any::AnyExecutor<'_>,
+    table: &str,
+    id: &str,
+    lock: &str,
+) -> sqlx::Result<Option<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    let sql = format!("SELECT * FROM {table} WHERE id = $1{lock}");
+    sqlx::query_as(&sql).bind(id).fetch_optional(db).await
+}
+
+/// One page of the rows of `table` whose two filter columns equal the values given (a
+/// `None` does not filter), oldest first.
+pub(crate) async fn page_of<T>(
+    pool: &AnyPool,
+    table: &str,
+    [(a, value_a), (b, value_b)]: [(&str, Option<&str>); 2],
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    let sql = format!(
+        "SELECT * FROM {table} WHERE ($1 IS NULL OR {a} = $1) AND ($2 IS NULL OR {b} = $2)
+         ORDER BY created_at, id LIMIT $3 OFFSET $4"
+    );
+    sqlx::query_as(&sql)
+        .bind(value_a)
+        .bind(value_b)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(pool)
+        .await
+}
+
 /// A value stored as JSON text (the same `TEXT` column on both dialects).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -147,8 +147,7 @@ async fn assert_exactly_once(
     ctx: &Ctx,
     bus: &Bus,
     spy: &str,
-    (accepted, cut): (&[String], usize),
-    ready_after: Duration,
+    ((accepted, cut), ready_after): ((Vec<String>, usize), Duration),
 ) {
     let want = accepted.len() as i64;
     let permission = ctx.store(&PERMISSION).await;
@@ -266,15 +265,8 @@ async fn scaled_out_nothing_is_lost_or_doubled_when_a_broker_node_or_a_replica_d
     })
     .await;
     let ready_after = ready_after.lock().unwrap().unwrap_or_default();
-    assert_exactly_once(
-        "leader node killed",
-        &ctx,
-        &bus,
-        &spy,
-        (&accepted.0, accepted.1),
-        ready_after,
-    )
-    .await;
+    let run = (accepted, ready_after);
+    assert_exactly_once("leader node killed", &ctx, &bus, &spy, run).await;
     drop(replicas);
 
     // Case 2: one replica of the permission role and one of the meeting role are killed
@@ -310,14 +302,10 @@ async fn scaled_out_nothing_is_lost_or_doubled_when_a_broker_node_or_a_replica_d
     .await;
     let restarted = std::mem::take(&mut *restarted.lock().unwrap());
     let ready_after = ready_after.lock().unwrap().unwrap_or_default();
-    assert_exactly_once(
+    let (case, run) = (
         "a permission and a meeting replica killed",
-        &ctx,
-        &bus,
-        &spy,
-        (&accepted.0, accepted.1),
-        ready_after,
-    )
-    .await;
+        (accepted, ready_after),
+    );
+    assert_exactly_once(case, &ctx, &bus, &spy, run).await;
     drop(restarted);
 }

@@ -97,27 +97,7 @@ impl Bus {
     /// as `mq.py` declares its queues (durable, no arguments). It keeps every copy
     /// that reached the broker, across broker restarts.
     pub async fn durable_queue(&self, name: &str, binding: &str) {
-        self.channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue");
-        self.channel
-            .queue_bind(
-                name.into(),
-                self.exchange.as_str().into(),
-                binding.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
+        self.bound_queue(name, binding, FieldTable::default()).await
     }
 
     /// A durable quorum queue of the test's own bound to `binding`: it keeps every copy
@@ -128,6 +108,10 @@ impl Bus {
             "x-queue-type".into(),
             lapin::types::AMQPValue::LongString("quorum".into()),
         );
+        self.bound_queue(name, binding, args).await
+    }
+
+    async fn bound_queue(&self, name: &str, binding: &str, args: FieldTable) {
         self.channel
             .queue_declare(
                 name.into(),

@@ -23,10 +23,7 @@ pub(super) async fn by_id(
     db: impl sqlx::any::AnyExecutor<'_>,
     id: &str,
 ) -> sqlx::Result<Option<Election>> {
-    sqlx::query_as("SELECT * FROM elections WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    crate::store::row_by_id(db, "elections", id, "").await
 }
 
 /// The election, its row locked until the transaction ends (nominations, the start and the
@@ -35,8 +32,8 @@ pub(super) async fn by_id_locked(
     tx: &mut AnyConnection,
     id: &str,
 ) -> sqlx::Result<Option<Election>> {
-    let sql = format!("SELECT * FROM elections WHERE id = $1{}", for_update(tx));
-    sqlx::query_as(&sql).bind(id).fetch_optional(tx).await
+    let lock = for_update(tx);
+    crate::store::row_by_id(tx, "elections", id, lock).await
 }
 
 /// The election of an agenda item, its row locked until the transaction ends.
@@ -64,17 +61,11 @@ pub(super) async fn list(
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<Vec<Election>> {
-    sqlx::query_as(
-        "SELECT * FROM elections
-         WHERE ($1 IS NULL OR meeting_id = $1) AND ($2 IS NULL OR agenda_item_id = $2)
-         ORDER BY created_at, id LIMIT $3 OFFSET $4",
-    )
-    .bind(meeting_id)
-    .bind(agenda_item_id)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await
+    let filters = [
+        ("meeting_id", meeting_id),
+        ("agenda_item_id", agenda_item_id),
+    ];
+    crate::store::page_of(pool, "elections", filters, limit, offset).await
 }
 
 /// Insert a new election in `nominating`; `false` when the item already has one.

@@ -26,10 +26,7 @@ pub(super) async fn by_id(
     db: impl sqlx::any::AnyExecutor<'_>,
     id: &str,
 ) -> sqlx::Result<Option<Ballot>> {
-    sqlx::query_as("SELECT * FROM ballots WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    crate::store::row_by_id(db, "ballots", id, "").await
 }
 
 /// The ballot, locked until the transaction ends: `exclusive` to close it, shared to vote,
@@ -44,8 +41,7 @@ pub(super) async fn by_id_locked(
     } else {
         for_share(tx)
     };
-    let sql = format!("SELECT * FROM ballots WHERE id = $1{lock}");
-    sqlx::query_as(&sql).bind(id).fetch_optional(tx).await
+    crate::store::row_by_id(tx, "ballots", id, lock).await
 }
 
 pub(super) async fn list(
@@ -55,17 +51,8 @@ pub(super) async fn list(
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<Vec<Ballot>> {
-    sqlx::query_as(
-        "SELECT * FROM ballots
-         WHERE ($1 IS NULL OR election_id = $1) AND ($2 IS NULL OR meeting_id = $2)
-         ORDER BY created_at, id LIMIT $3 OFFSET $4",
-    )
-    .bind(election_id)
-    .bind(meeting_id)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await
+    let filters = [("election_id", election_id), ("meeting_id", meeting_id)];
+    crate::store::page_of(pool, "ballots", filters, limit, offset).await
 }
 
 /// Open a ballot for an election; `false` when it already has one.
