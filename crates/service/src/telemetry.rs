@@ -75,6 +75,14 @@ fn describe() {
         Unit::Seconds,
         "Time to apply one event, store transaction included."
     );
+    describe_counter!(
+        "events_set_aside_total",
+        "Events the broker refused for good (403, 406), set aside in the outbox instead of retried."
+    );
+    describe_gauge!(
+        "outbox_set_aside",
+        "Events set aside in the outbox because the broker refuses them; they wait for an operator."
+    );
     describe_gauge!(
         "outbox_backlog",
         "Events committed but not yet confirmed by the broker."

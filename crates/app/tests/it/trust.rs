@@ -78,3 +78,69 @@ async fn in_strict_mode_an_event_is_believed_only_from_its_producers_broker_user
     assert_eq!(m["managers"], json!(["alice"]), "mallory got nothing: {m}");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_the_broker_refuses_for_good_is_set_aside_and_the_rest_flow() {
+    let broker = PrivateBroker::start();
+    let mut ctx = Ctx::on(broker.url.clone());
+    for role in meeting_events::roles::ALL {
+        let user = ctx.queue(role);
+        broker.ctl(&["add_user", &user, "pw"]);
+        broker.ctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+        ctx.per_role.insert(
+            role.name,
+            [("AMQP_URL".to_string(), broker.url_as(&user, "pw"))].into(),
+        );
+    }
+    // The meeting role's user may not publish agenda.election.create.
+    let meeting_user = ctx.queue(&MEETING);
+    broker.ctl(&[
+        "set_topic_permissions",
+        "-p",
+        "/",
+        &meeting_user,
+        &ctx.exchange,
+        "^(meeting\\.created|agenda\\.election\\.start)$",
+        ".*",
+    ]);
+    let stack = Stack::start(&ctx).await;
+    let urls = stack.urls();
+    let alice = Client::as_user("alice");
+    let first = meeting_with_manager(&urls, &alice, "Refused").await;
+    let (s, item) = alice
+        .post(
+            &format!("{}/meetings/{first}/agenda-items", urls.meeting),
+            json!({"title": "Chair", "kind": "election"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{item}");
+    let item = item["id"].as_str().unwrap().to_string();
+    let (s, _) = alice
+        .post(
+            &format!("{}/meetings/{first}/agenda-items/{item}/open", urls.meeting),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // The refused event waits in the outbox; a later one gets through.
+    let store = ctx.store(&MEETING).await;
+    eventually(Duration::from_secs(20), || async {
+        let why: Option<String> = sqlx::query_scalar(
+            "SELECT last_error FROM outbox WHERE event_type = 'agenda.election.create'",
+        )
+        .fetch_optional(&store)
+        .await
+        .ok()
+        .flatten();
+        why.filter(|w| w.contains("403")).map(|_| ())
+    })
+    .await
+    .expect("set aside with the broker's 403");
+    meeting_with_manager(&urls, &alice, "After").await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        .fetch_one(&store)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "only the refused event stays");
+    stack.stop().await;
+}

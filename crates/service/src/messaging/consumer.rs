@@ -200,7 +200,21 @@ impl Consumer {
                     None => break,
                 }
             }
-            self.process_batch(session, batch).await?;
+            // A delivery in hand must not outlive its connection: an ack or a confirm on a
+            // connection that died can wait forever. When the supervisor withdraws or
+            // replaces the session, the batch is dropped — its transaction rolls back, or
+            // its deliveries come again and the inbox absorbs what was already applied.
+            let replaced = async {
+                let _ = sessions
+                    .wait_for(|s| s.as_ref().map(|s| s.id) != Some(session.id))
+                    .await;
+            };
+            tokio::select! {
+                r = self.process_batch(session, batch) => r?,
+                _ = replaced => {
+                    return Ok(Ended::Lost("the connection went away with deliveries in hand".into()));
+                }
+            }
             if let Some(ended) = ended {
                 return Ok(ended);
             }

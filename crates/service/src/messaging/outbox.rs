@@ -165,9 +165,11 @@ struct OutboxRow {
 
 /// Events waiting in the outbox and the age of the oldest, in seconds.
 pub(crate) async fn backlog(pool: &AnyPool) -> sqlx::Result<(i64, f64)> {
-    let row = sqlx::query("SELECT COUNT(*), MIN(created_at_ms) FROM outbox")
-        .fetch_one(pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT COUNT(*), MIN(created_at_ms) FROM outbox WHERE next_attempt_ms < $1")
+            .bind(SET_ASIDE)
+            .fetch_one(pool)
+            .await?;
     let count: i64 = row.try_get(0)?;
     let oldest: Option<i64> = row.try_get(1)?;
     let age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
@@ -275,6 +277,8 @@ pub(crate) async fn run_relay(
     let store = &outbox.store;
     let pool = store.pool();
     let mut lead = Lead::for_store(store);
+    // Rows still to publish one by one to find one the broker refuses for good.
+    let mut probing: i64 = 0;
     let mut listener = listen(store).await;
     let mut gauges_at: Option<Instant> = None;
     loop {
@@ -286,8 +290,17 @@ pub(crate) async fn run_relay(
         };
         let mut full = false;
         if lead.hold(store, &service).await {
-            full = match relay_batch(&broker, pool, store, &session).await {
-                Ok(fetched) => fetched == BATCH as usize,
+            // After a refusal, rows go one at a time until the refused one is found.
+            let limit = if probing > 0 { 1 } else { BATCH };
+            full = match relay_batch(&broker, pool, store, &session, limit).await {
+                Ok(batch) => {
+                    probing = match (probing, batch.refused, batch.set_aside) {
+                        (_, _, true) => 0,
+                        (0, true, _) => BATCH,
+                        (n, _, _) => n.saturating_sub(batch.fetched as i64),
+                    };
+                    batch.fetched == limit as usize || probing > 0
+                }
                 Err(e) => {
                     tracing::warn!(service, error = %crate::telemetry::Chain(&e), "outbox relay paused");
                     false
@@ -315,8 +328,8 @@ pub(crate) async fn run_relay(
             return;
         }
         while let Some(session) = broker.current() {
-            match relay_batch(&broker, pool, store, &session).await {
-                Ok(n) if n > 0 => continue,
+            match relay_batch(&broker, pool, store, &session, BATCH).await {
+                Ok(batch) if batch.fetched > 0 && !batch.refused => continue,
                 _ => break,
             }
         }
@@ -329,6 +342,14 @@ pub(crate) async fn run_relay(
 }
 
 async fn record_backlog(pool: &AnyPool, service: &str) {
+    let aside: sqlx::Result<i64> =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE next_attempt_ms = $1")
+            .bind(SET_ASIDE)
+            .fetch_one(pool)
+            .await;
+    if let Ok(n) = aside {
+        metrics::gauge!("outbox_set_aside", "service" => service.to_string()).set(n as f64);
+    }
     if let Ok((count, age)) = backlog(pool).await {
         metrics::gauge!("outbox_backlog", "service" => service.to_string()).set(count as f64);
         metrics::gauge!("outbox_oldest_age_seconds", "service" => service.to_string()).set(age);
@@ -343,19 +364,51 @@ enum RelayError {
     Broker(#[from] lapin::Error),
 }
 
-/// Publish one batch of due rows; returns how many rows it read.
+/// `next_attempt_ms` of a row set aside: never due again.
+const SET_ASIDE: i64 = i64::MAX;
+
+/// What one relay round did.
+struct Batch {
+    /// Rows read.
+    fetched: usize,
+    /// The broker refused a publish for good (403 access refused, 406 precondition failed:
+    /// a routing key the user may not write, a message over its size limit).
+    refused: bool,
+    /// A single row it refused was set aside.
+    set_aside: bool,
+}
+
+/// Whether the broker refused a publish for good, and how it said so.
+fn refusal(e: &lapin::Error) -> Option<String> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) if matches!(amqp.get_id(), 403 | 406) => {
+            Some(format!(
+                "refused by the broker: {} {}",
+                amqp.get_id(),
+                amqp.get_message()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Publish up to `limit` due rows. A row the broker refuses for good closes the channel, and
+/// with it every publish in flight, so it cannot be told from its neighbours in a batch: the
+/// caller then sends rows one at a time, and the one refused alone is set aside — kept in the
+/// outbox with its reason, never retried, counted — so the rows behind it flow.
 async fn relay_batch(
     broker: &Broker,
     pool: &AnyPool,
     store: &Store,
     session: &Session,
-) -> Result<usize, RelayError> {
+    limit: i64,
+) -> Result<Batch, RelayError> {
     let rows: Vec<OutboxRow> = sqlx::query(
         "SELECT seq, event_id, event_type, producer, correlation_id, body, created_at_ms
          FROM outbox WHERE next_attempt_ms <= $1 ORDER BY seq LIMIT $2",
     )
     .bind(now_ms())
-    .bind(BATCH)
+    .bind(limit)
     .fetch_all(pool)
     .await?
     .into_iter()
@@ -372,7 +425,11 @@ async fn relay_batch(
     })
     .collect::<sqlx::Result<_>>()?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Batch {
+            fetched: 0,
+            refused: false,
+            set_aside: false,
+        });
     }
 
     let exchange = &broker.settings().exchange;
@@ -410,6 +467,9 @@ async fn relay_batch(
     let mut done = Vec::new();
     let mut unroutable = Vec::new();
     let mut broken = send_error.is_some();
+    let mut refused = send_error.as_ref().and_then(refusal).is_some();
+    let mut aside = None;
+    let single = rows.len() == 1;
     for (row, result) in rows_sent.into_iter().zip(results) {
         match result {
             Ok(Published::Routed) => {
@@ -422,10 +482,34 @@ async fn relay_batch(
                 metrics::counter!("events_unroutable_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
                 unroutable.push(row.seq);
             }
+            Err(e) if refusal(&e).is_some() => {
+                broken = true;
+                refused = true;
+                if single {
+                    aside = refusal(&e).map(|why| (row, why));
+                }
+            }
             Ok(Published::Nacked | Published::TimedOut) | Err(_) => broken = true,
         }
     }
 
+    if single && aside.is_none() && refused {
+        // Refused on sending, before a confirm: the same verdict.
+        aside = rows.first().zip(send_error.as_ref().and_then(refusal));
+    }
+    let set_aside = aside.is_some();
+    if let Some((row, why)) = &aside {
+        tracing::error!(event_id = %row.event_id, event_type = %row.event_type, reason = %why, "the broker refuses this event for good; it is set aside in the outbox and the rows behind it go on");
+        metrics::counter!("events_set_aside_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = $1, last_error = $2 WHERE seq = $3",
+        )
+        .bind(SET_ASIDE)
+        .bind(why)
+        .bind(row.seq)
+        .execute(pool)
+        .await?;
+    }
     if !done.is_empty() || !unroutable.is_empty() {
         let mut tx = store.begin().await?;
         for chunk in done.chunks(500) {
@@ -454,10 +538,16 @@ async fn relay_batch(
     if broken {
         broker.report_broken(session.id);
         if let Some(e) = send_error {
-            return Err(e.into());
+            if !refused {
+                return Err(e.into());
+            }
         }
     }
-    Ok(rows.len())
+    Ok(Batch {
+        fetched: rows.len(),
+        refused,
+        set_aside,
+    })
 }
 
 /// `$1, $2, …` for an `IN (…)` list of `n` values.
