@@ -153,6 +153,11 @@ word_enum! {
     }
 }
 
+/// The votes a tally counts (saturating: a forged tally cannot overflow it).
+pub fn votes_counted(tally: &BTreeMap<String, u64>) -> u64 {
+    tally.values().fold(0u64, |a, n| a.saturating_add(*n))
+}
+
 /// Who won, from a tally: the candidates with the most votes (all of them on a tie).
 pub fn decide(tally: &BTreeMap<String, u64>, votes_cast: u64) -> (Outcome, Vec<String>) {
     let top = tally.values().copied().max().unwrap_or(0);

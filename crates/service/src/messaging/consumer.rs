@@ -239,16 +239,7 @@ impl Consumer {
                 }
             };
         let label = type_label(&envelope.event_type);
-        let mq = self.broker.settings();
-        let sender = headers::producer_user(&delivery.properties, mq.url.user());
-        if !mq.trusts(event.event_type(), sender.as_deref()) {
-            let detail = format!(
-                "{label} from broker user {:?}, which is not among its producers",
-                sender
-                    .as_deref()
-                    .map(short)
-                    .unwrap_or_else(|| "(none)".into())
-            );
+        if let Err(detail) = self.trusted(&delivery, &event, label) {
             let handled = Handled::Impossible(ParkReason::UntrustedProducer);
             return self
                 .settle(session, &delivery, label, handled, &detail)
@@ -275,6 +266,23 @@ impl Consumer {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether the delivery's sender may publish `event` here (always in open mode); the
+    /// reason to park it when not.
+    fn trusted(&self, delivery: &Delivery, event: &Event, label: &str) -> Result<(), String> {
+        let mq = self.broker.settings();
+        let sender = headers::producer_user(&delivery.properties, mq.url.user());
+        if mq.trusts(event.event_type(), sender.as_deref()) {
+            return Ok(());
+        }
+        Err(format!(
+            "{label} from broker user {:?}, which is not among its producers",
+            sender
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "(none)".into())
+        ))
     }
 
     /// Ack, retry or park, as [`decide`] says.
@@ -333,14 +341,13 @@ impl Consumer {
             return self.process(session, batch.remove(0)).await;
         }
         let mut ready = Vec::with_capacity(batch.len());
+        let max = self.broker.settings().max_message_bytes;
         for delivery in batch {
-            let mq = self.broker.settings();
-            match decode(&delivery.data, mq.max_message_bytes) {
+            match decode(&delivery.data, max) {
                 Ok((envelope, event))
-                    if mq.trusts(
-                        event.event_type(),
-                        headers::producer_user(&delivery.properties, mq.url.user()).as_deref(),
-                    ) =>
+                    if self
+                        .trusted(&delivery, &event, type_label(&envelope.event_type))
+                        .is_ok() =>
                 {
                     ready.push((delivery, envelope, event))
                 }

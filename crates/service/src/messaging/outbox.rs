@@ -292,7 +292,7 @@ pub(crate) async fn run_relay(
         if lead.hold(store, &service).await {
             // After a refusal, rows go one at a time until the refused one is found.
             let limit = if probing > 0 { 1 } else { BATCH };
-            full = match relay_batch(&broker, pool, store, &session, limit).await {
+            full = match relay_batch(&broker, store, &session, limit).await {
                 Ok(batch) => {
                     probing = match (probing, batch.refused, batch.set_aside) {
                         (_, _, true) => 0,
@@ -328,7 +328,7 @@ pub(crate) async fn run_relay(
             return;
         }
         while let Some(session) = broker.current() {
-            match relay_batch(&broker, pool, store, &session, BATCH).await {
+            match relay_batch(&broker, store, &session, BATCH).await {
                 Ok(batch) if batch.fetched > 0 && !batch.refused => continue,
                 _ => break,
             }
@@ -398,11 +398,11 @@ fn refusal(e: &lapin::Error) -> Option<String> {
 /// outbox with its reason, never retried, counted — so the rows behind it flow.
 async fn relay_batch(
     broker: &Broker,
-    pool: &AnyPool,
     store: &Store,
     session: &Session,
     limit: i64,
 ) -> Result<Batch, RelayError> {
+    let pool = store.pool();
     let rows: Vec<OutboxRow> = sqlx::query(
         "SELECT seq, event_id, event_type, producer, correlation_id, body, created_at_ms
          FROM outbox WHERE next_attempt_ms <= $1 ORDER BY seq LIMIT $2",

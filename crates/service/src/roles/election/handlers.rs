@@ -7,7 +7,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::store;
-use crate::domain::{decide, ElectionStatus, Outcome};
+use crate::domain::{decide, votes_counted, ElectionStatus, Outcome};
 use crate::envelope::Envelope;
 use crate::events::{ElectionFinalized, Event, VotingCompleted, VotingCreate};
 use crate::messaging::{HandleError, HandlerResult, Work};
@@ -129,7 +129,7 @@ fn check_tally(candidates: &[String], v: &VotingCompleted) -> Result<(), String>
             crate::telemetry::short(&v.ballot_id)
         ));
     }
-    let sum: u64 = v.tally.values().fold(0u64, |a, n| a.saturating_add(*n));
+    let sum = votes_counted(&v.tally);
     if sum != v.votes_cast {
         return Err(format!(
             "ballot {} says {} votes were cast but its tally counts {sum}",

@@ -4,7 +4,7 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::store::{self, AgendaItem};
-use crate::domain::{decide, ItemKind, ItemStatus, Outcome};
+use crate::domain::{decide, votes_counted, ItemKind, ItemStatus, Outcome};
 use crate::envelope::Envelope;
 use crate::events::{ElectionFinalized, Event};
 use crate::messaging::{HandleError, HandlerResult, Work};
@@ -70,8 +70,7 @@ fn check_result(item: &AgendaItem, done: &ElectionFinalized) -> Result<bool, Str
     let follows = match done.outcome {
         Outcome::Cancelled => done.tally.is_empty() && done.winners.is_empty(),
         _ => {
-            let cast = done.tally.values().fold(0u64, |a, n| a.saturating_add(*n));
-            decide(&done.tally, cast) == (done.outcome, done.winners.clone())
+            decide(&done.tally, votes_counted(&done.tally)) == (done.outcome, done.winners.clone())
         }
     };
     if !follows {
