@@ -7,6 +7,9 @@
 #   scripts/broker.sh kill DIR         SIGKILL the node's VM, as a crash would
 #   scripts/broker.sh close-connections DIR   have the node close every client connection
 #   scripts/broker.sh ctl DIR ARGS…    rabbitmqctl ARGS… against that node (users, permissions)
+#   scripts/broker.sh apply DIR FILE   run the rabbitmqctl commands in FILE against that node, as
+#                                      `app topology permissions > FILE` prints them (passwords
+#                                      from the variables they name)
 #   scripts/broker.sh run CMD [ARGS…]  run CMD with AMQP_URL set: the caller's, or a throwaway
 #                                      node's that is stopped and removed afterwards
 #
@@ -99,6 +102,17 @@ close_connections() {
   rabbitmqctl -q -n "$RABBITMQ_NODENAME" close_all_connections "closed by broker.sh" >/dev/null
 }
 
+apply_commands() {
+  local dir=${1:?usage: apply DIR FILE} file=${2:?usage: apply DIR FILE}
+  [ -f "$file" ] || die "no such file: $file"
+  node_env "$dir"
+  # Every `rabbitmqctl …` line of FILE, aimed at this node.
+  # shellcheck disable=SC2317
+  rabbitmqctl() { command rabbitmqctl -q -n "$RABBITMQ_NODENAME" "$@"; }
+  # shellcheck disable=SC1090
+  . "$file"
+}
+
 run_with_broker() {
   [ $# -gt 0 ] || die "usage: run CMD [ARGS…]"
   if [ -n "${AMQP_URL:-}" ]; then
@@ -121,7 +135,8 @@ case "${1:-}" in
   stop) shift; stop "$@" ;;
   kill) shift; kill_node "$@" ;;
   close-connections) shift; close_connections "$@" ;;
+  apply) shift; apply_commands "$@" ;;
   ctl) shift; dir=${1:?usage: ctl DIR ARGS…}; shift; node_env "$dir"; rabbitmqctl -q -n "$RABBITMQ_NODENAME" "$@" ;;
   run) shift; run_with_broker "$@" ;;
-  *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR | close-connections DIR | run CMD…" ;;
+  *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR | close-connections DIR | ctl DIR ARGS… | apply DIR FILE | run CMD…" ;;
 esac

@@ -139,6 +139,11 @@ pub enum TopologyCommand {
         #[arg(long, default_value = "/")]
         vhost: String,
     },
+    /// Declare the exchange of each `MQ_INGRESS` producer (`<MQ_EXCHANGE>.from.<user>`) and
+    /// bind it into the shared exchange for the routing keys of the roles it publishes for,
+    /// and the shared exchange back into it. Run as a broker user allowed to configure it
+    /// (an administrator); the producer itself gets no rights on the shared exchange.
+    Ingress,
     /// Check the exchange and each role's queue, retry queues and dead-letter queue exist
     /// with the expected arguments; exit status 1 if anything differs.
     Verify {

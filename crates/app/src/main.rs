@@ -52,6 +52,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(operator::dlq_replay(&service, id.as_deref(), all).await?)
         }
         Command::Topology(TopologyCommand::Verify { role }) => operator::verify_command(role).await,
+        Command::Topology(TopologyCommand::Ingress) => operator::ingress().await,
         Command::Topology(TopologyCommand::Permissions { vhost }) => {
             operator::permissions(&vhost).map(|lines| println!("{lines}"))
         }

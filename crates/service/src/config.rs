@@ -108,6 +108,12 @@ pub const VARIABLES: &[Variable] = &[
         scope: Scope::Shared,
     },
     Variable {
+        name: "MQ_INGRESS",
+        help: "producers of `MQ_PRODUCERS` that cannot stamp `user_id` (the Python `mq.py`), comma-separated: each publishes to its own exchange `<MQ_EXCHANGE>.from.<user>`, which only it may write to, and is believed by that exchange (`app topology ingress` declares it)",
+        default: Default::Absent("none"),
+        scope: Scope::Shared,
+    },
+    Variable {
         name: "MQ_PREFETCH",
         help: "consumer prefetch",
         default: Default::Fixed("64"),
@@ -495,6 +501,9 @@ pub struct MqSettings {
     pub trust: Trust,
     /// The broker users each role publishes as (`MQ_PRODUCERS`).
     pub producers: Vec<(String, String)>,
+    /// Producers that publish unstamped through an ingress exchange of their own
+    /// (`MQ_INGRESS`).
+    pub ingress: Vec<String>,
 }
 
 impl MqSettings {
@@ -511,6 +520,20 @@ impl MqSettings {
                 })
             }),
         }
+    }
+
+    /// The exchange only `user` may write to, bound into the shared one for the routing keys
+    /// of the roles it produces for (docs/architecture.md §10).
+    pub fn ingress_exchange(&self, user: &str) -> String {
+        format!("{}.from.{user}", self.exchange)
+    }
+
+    /// The ingress producer whose exchange a message was first published to, if any.
+    pub fn ingress_sender(&self, exchange: &str) -> Option<&str> {
+        self.ingress
+            .iter()
+            .find(|user| self.ingress_exchange(user) == exchange)
+            .map(String::as_str)
     }
 }
 
@@ -743,6 +766,27 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
             })
             .collect::<Result<Vec<_>, ConfigError>>()?,
     };
+    let ingress = list(&get("MQ_INGRESS"));
+    for user in &ingress {
+        if !producers.iter().any(|(_, u)| u == user) {
+            return Err(ConfigError::new(
+                "MQ_INGRESS",
+                format!("{user:?} is not a producer of MQ_PRODUCERS"),
+            ));
+        }
+        if !user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            return Err(ConfigError::new(
+                "MQ_INGRESS",
+                format!(
+                    "{:?} cannot name an exchange (letters, digits, - _ . : only)",
+                    user
+                ),
+            ));
+        }
+    }
     let delivery_limit = get("MQ_DELIVERY_LIMIT")
         .parse::<u32>()
         .ok()
@@ -884,6 +928,7 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
             retry_delays,
             trust,
             producers,
+            ingress,
         },
         http_addr,
         http_port,
@@ -1053,6 +1098,34 @@ mod tests {
                 .variable,
             "MQ_PRODUCERS"
         );
+    }
+
+    #[test]
+    fn an_ingress_producer_is_known_by_its_own_exchange() {
+        let s = load(&[
+            ("MQ_EXCHANGE", "events"),
+            ("MQ_PRODUCERS", "meeting=meeting-service,meeting=py-meeting"),
+            ("MQ_INGRESS", "py-meeting"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.mq.ingress_exchange("py-meeting"),
+            "events.from.py-meeting"
+        );
+        assert_eq!(
+            s.mq.ingress_sender("events.from.py-meeting"),
+            Some("py-meeting")
+        );
+        assert_eq!(s.mq.ingress_sender("events"), None);
+        assert_eq!(s.mq.ingress_sender("events.from.meeting-service"), None);
+        let not_a_producer = load(&[("MQ_INGRESS", "stranger")]).unwrap_err();
+        assert_eq!(not_a_producer.variable, "MQ_INGRESS");
+        let unnamable = load(&[
+            ("MQ_PRODUCERS", "meeting=py meeting"),
+            ("MQ_INGRESS", "py meeting"),
+        ])
+        .unwrap_err();
+        assert_eq!(unnamable.variable, "MQ_INGRESS");
     }
 
     #[test]

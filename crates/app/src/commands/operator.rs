@@ -11,7 +11,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
-use meeting_events::config::{ConfigError, MqSettings, Settings};
+use meeting_events::config::{ConfigError, ExchangeType, MqSettings, Settings};
 use meeting_events::envelope::{now_rfc3339, Envelope, EVENT_VERSION};
 use meeting_events::messaging::headers;
 use meeting_events::messaging::publisher::{self, Published};
@@ -276,7 +276,9 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
         // Published as the operator's broker user (the broker accepts no other user_id);
         // the first publisher stays in x-producer-user. In strict mode, replay with the
         // role's own credentials, or the consumer will not believe the replayed event.
-        let props = headers::moved_by(&props, settings.mq.url.user());
+        let user = settings.mq.url.user();
+        let first = headers::producer_user(&m.delivery.properties, user);
+        let props = headers::moved_by(&props, user, first.as_deref());
         let confirm = publisher::send(&ch, "", service, &m.delivery.data, props).await?;
         match publisher::confirmed(confirm).await? {
             Published::Routed => {
@@ -353,6 +355,23 @@ async fn verify(all: &[Settings]) -> anyhow::Result<bool> {
         &format!("exchange {} ({}, durable)", mq0.exchange, mq0.exchange_type),
         exchange_check,
     );
+    for user in &mq0.ingress {
+        let ingress = mq0.ingress_exchange(user);
+        let ch = conn.create_channel().await?;
+        let check = ch
+            .exchange_declare(
+                ingress.as_str().into(),
+                ExchangeType::Topic.kind(),
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("missing (app topology ingress declares it): {e}"));
+        ok &= report(&format!("exchange {ingress} (ingress of {user})"), check);
+    }
     for s in all {
         let mq = &s.mq;
         let mut queues = vec![(mq.queue.clone(), topology::main_queue_args(mq))];
@@ -418,6 +437,38 @@ fn report(what: &str, check: Result<(), String>) -> bool {
     }
 }
 
+/// `app topology ingress`: declare each `MQ_INGRESS` producer's exchange and bindings.
+pub(crate) async fn ingress() -> Result<(), Failure> {
+    let settings = shared_settings()?;
+    let mq = &settings.mq;
+    if mq.ingress.is_empty() {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "MQ_INGRESS names no producer; nothing to declare"
+        )));
+    }
+    if mq.exchange_type != ExchangeType::Topic {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "ingress exchanges route by topic; MQ_EXCHANGE_TYPE is {}",
+            mq.exchange_type
+        )));
+    }
+    let conn = connect(mq).await?;
+    let ch = conn.create_channel().await.context("channel")?;
+    topology::declare_exchange(&ch, mq)
+        .await
+        .with_context(|| format!("declaring {}", mq.exchange))?;
+    for user in &mq.ingress {
+        let ingress = topology::declare_ingress(&ch, mq, user)
+            .await
+            .with_context(|| format!("declaring the ingress of {user}"))?;
+        let keys: Vec<&str> = topology::ingress_keys(mq, user).collect();
+        println!("ok    {ingress} -> {}: {}", mq.exchange, keys.join(", "));
+        println!("ok    {} -> {ingress}: #", mq.exchange);
+    }
+    let _ = conn.close(200, "declared".into()).await;
+    Ok(())
+}
+
 /// `app topology permissions`: one broker user per role, its rights derived from the role
 /// registry and the event catalogue, as rabbitmqctl commands.
 pub(crate) fn permissions(vhost: &str) -> Result<String, Failure> {
@@ -459,6 +510,35 @@ pub(crate) fn permissions(vhost: &str) -> Result<String, Failure> {
             mq.exchange,
             keys.join("|")
         ));
+    }
+    let mq = &all.first().context("no roles")?.mq;
+    for user in &mq.ingress {
+        let ingress = regex_escape(&mq.ingress_exchange(user));
+        let own = format!("{u}|{u}\\..+", u = regex_escape(user));
+        let keys: Vec<String> = topology::ingress_keys(mq, user).map(regex_escape).collect();
+        let password = format!(
+            "${}_BROKER_PASSWORD",
+            user.to_uppercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        );
+        out.push(format!(
+            "# {user} (MQ_INGRESS): publishes {} through its own exchange {}, no rights on {}; its queues are named {user} or {user}.<name>",
+            keys.join(", ").replace('\\', ""),
+            mq.ingress_exchange(user),
+            mq.exchange
+        ));
+        out.push(format!("rabbitmqctl add_user '{user}' \"{password}\""));
+        out.push(format!(
+            "rabbitmqctl set_permissions -p '{vhost}' '{user}' '^({ingress}|{own})$' '^({ingress}|{own})$' '^({ingress}|{own})$'"
+        ));
+        out.push(format!(
+            "rabbitmqctl set_topic_permissions -p '{vhost}' '{user}' '{}' '^({})$' '.*'",
+            mq.ingress_exchange(user),
+            keys.join("|")
+        ));
+    }
+    if !mq.ingress.is_empty() {
+        out.push("# Then, as an administrator: app topology ingress".to_string());
     }
     Ok(out.join("\n"))
 }

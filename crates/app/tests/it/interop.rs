@@ -8,7 +8,12 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-fn python(amqp_url: &str, exchange: &str, service: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn python(
+    amqp_url: &str,
+    exchange: &str,
+    service: &str,
+    args: &[&str],
+) -> std::process::Output {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     Command::new("python3")
         .arg(dir.join("peer.py"))

@@ -12,6 +12,7 @@ mod flow;
 mod interop;
 mod messaging;
 mod operator;
+mod permissions;
 mod process;
 mod replicas;
 mod scale;

@@ -272,7 +272,7 @@ impl Consumer {
     /// reason to park it when not.
     fn trusted(&self, delivery: &Delivery, event: &Event, label: &str) -> Result<(), String> {
         let mq = self.broker.settings();
-        let sender = headers::producer_user(&delivery.properties, mq.url.user());
+        let sender = headers::sender(mq, delivery.exchange.as_str(), &delivery.properties);
         if mq.trusts(event.event_type(), sender.as_deref()) {
             return Ok(());
         }
@@ -500,7 +500,9 @@ impl Consumer {
         queue: &str,
         props: lapin::BasicProperties,
     ) -> lapin::Result<()> {
-        let props = headers::moved_by(&props, self.broker.settings().url.user());
+        let mq = self.broker.settings();
+        let first = headers::sender(mq, delivery.exchange.as_str(), &delivery.properties);
+        let props = headers::moved_by(&props, mq.url.user(), first.as_deref());
         let confirm = publisher::send(&session.publisher, "", queue, &delivery.data, props).await?;
         match publisher::confirmed(confirm).await? {
             Published::Routed => delivery.ack(BasicAckOptions::default()).await.map(|_| ()),

@@ -4,6 +4,8 @@
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
+use crate::config::MqSettings;
+
 /// Attempts made so far (1 after the first failure).
 pub const ATTEMPTS: &str = "x-attempts";
 /// Why the last attempt failed, or why the message was parked.
@@ -31,13 +33,19 @@ pub fn producer_user(props: &BasicProperties, own_user: &str) -> Option<String> 
     }
 }
 
-/// The properties for moving a message as `own_user`: `user_id` set to it (the broker
-/// refuses any other), the first publisher kept in [`PRODUCER_USER`].
-pub fn moved_by(props: &BasicProperties, own_user: &str) -> BasicProperties {
-    let first = producer_user(props, own_user);
+/// Who published a delivery that reached us from `exchange`: its stamped broker user
+/// ([`producer_user`]), or, unstamped, the producer whose ingress exchange it was first
+/// published to (only that producer may write there; docs/architecture.md §10).
+pub fn sender(mq: &MqSettings, exchange: &str, props: &BasicProperties) -> Option<String> {
+    producer_user(props, mq.url.user()).or_else(|| mq.ingress_sender(exchange).map(String::from))
+}
+
+/// The properties for moving a message first published by `first` as `own_user`:
+/// `user_id` set to it (the broker refuses any other), `first` kept in [`PRODUCER_USER`].
+pub fn moved_by(props: &BasicProperties, own_user: &str, first: Option<&str>) -> BasicProperties {
     let props = props.clone().with_user_id(own_user.into());
     match first {
-        Some(user) => with_headers(&props, &[(PRODUCER_USER, text_value(&user))]),
+        Some(user) => with_headers(&props, &[(PRODUCER_USER, text_value(user))]),
         None => without_headers(&props, &[PRODUCER_USER]),
     }
 }
@@ -116,4 +124,65 @@ pub fn without_headers(props: &BasicProperties, keys: &[&str]) -> BasicPropertie
 /// A text header value.
 pub fn text_value(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn settings(user: &str) -> MqSettings {
+        let env = [
+            ("AMQP_URL", format!("amqp://{user}:pw@rabbit:5672/%2f")),
+            ("MQ_EXCHANGE", "events".to_string()),
+            (
+                "MQ_PRODUCERS",
+                "meeting=meeting-service,meeting=py-meeting".to_string(),
+            ),
+            ("MQ_INGRESS", "py-meeting".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let election = crate::roles::find("election").unwrap();
+        Settings::load(election, &env, std::path::Path::new("/nonexistent"))
+            .unwrap()
+            .mq
+    }
+
+    #[test]
+    fn the_sender_is_the_stamp_or_the_ingress_and_survives_a_move() {
+        let mq = settings("election-service");
+        let stamped = BasicProperties::default().with_user_id("meeting-service".into());
+        let bare = BasicProperties::default();
+        assert_eq!(
+            sender(&mq, "events", &stamped).as_deref(),
+            Some("meeting-service")
+        );
+        assert_eq!(
+            sender(&mq, "events.from.py-meeting", &stamped).as_deref(),
+            Some("meeting-service"),
+            "a stamp wins over the exchange"
+        );
+        assert_eq!(
+            sender(&mq, "events.from.py-meeting", &bare).as_deref(),
+            Some("py-meeting")
+        );
+        assert_eq!(
+            sender(&mq, "events", &bare),
+            None,
+            "unstamped, shared exchange"
+        );
+        assert_eq!(sender(&mq, "events.from.mallory", &bare), None);
+
+        // Moved to a retry queue by the election role and back through the default
+        // exchange: still the ingress producer's.
+        let first = sender(&mq, "events.from.py-meeting", &bare);
+        let moved = moved_by(&bare, "election-service", first.as_deref());
+        assert_eq!(sender(&mq, "", &moved).as_deref(), Some("py-meeting"));
+        // Moved with no known sender, it reads as the mover's own, and no role consumes
+        // what it produces itself.
+        let moved = moved_by(&moved, "election-service", None);
+        assert_eq!(sender(&mq, "", &moved).as_deref(), Some("election-service"));
+    }
 }

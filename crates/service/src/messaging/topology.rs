@@ -6,14 +6,20 @@
 //!   delay, and dead-lettering back to `Q` through the default exchange, so the broker
 //!   holds a failed message for its delay, not a sleeping consumer;
 //! - `Q.dlq`, where messages that will never succeed are parked with their reason.
+//!
+//! And, declared by an operator (`app topology ingress`), one exchange per `MQ_INGRESS`
+//! producer: `<exchange>.from.<user>`, bound into the shared exchange for the routing keys
+//! of the roles that producer publishes for, and bound back from it with `#`.
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Channel;
 
-use crate::config::{MqSettings, QueueType};
+use crate::config::{ExchangeType, MqSettings, QueueType};
 
 /// Name of the wait queue that holds a message for `delay` before it returns to `queue`.
 pub fn retry_queue(queue: &str, delay: Duration) -> String {
@@ -39,6 +45,67 @@ pub async fn declare_exchange(channel: &Channel, mq: &MqSettings) -> lapin::Resu
             FieldTable::default(),
         )
         .await
+}
+
+/// The routing keys `user` may bring in through its ingress exchange: those of every role
+/// `MQ_PRODUCERS` lists it for.
+pub fn ingress_keys<'a>(
+    mq: &'a MqSettings,
+    user: &'a str,
+) -> impl Iterator<Item = &'static str> + 'a {
+    crate::roles::ALL
+        .iter()
+        .filter(move |role| {
+            mq.producers
+                .iter()
+                .any(|(r, u)| r == role.name && u == user)
+        })
+        .flat_map(|role| role.publishes.iter().map(|t| t.routing_key()))
+}
+
+/// Declare `user`'s ingress exchange (a topic exchange, as mq.py declares one) and its
+/// bindings: into the shared exchange for [`ingress_keys`] only, so nothing else it
+/// publishes leaves its exchange, and from the shared exchange with `#`, so a consumer
+/// bound to the ingress exchange (mq.py binds to the exchange it publishes to) sees the bus.
+/// The broker routes each message once per queue even through the cycle.
+pub async fn declare_ingress(
+    channel: &Channel,
+    mq: &MqSettings,
+    user: &str,
+) -> lapin::Result<String> {
+    let ingress = mq.ingress_exchange(user);
+    channel
+        .exchange_declare(
+            ingress.as_str().into(),
+            ExchangeType::Topic.kind(),
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for key in ingress_keys(mq, user) {
+        channel
+            .exchange_bind(
+                mq.exchange.as_str().into(),
+                ingress.as_str().into(),
+                key.into(),
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .exchange_bind(
+            ingress.as_str().into(),
+            mq.exchange.as_str().into(),
+            "#".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(ingress)
 }
 
 /// Arguments of a queue of the role's type, plus `extra`.

@@ -179,6 +179,49 @@ impl Bus {
     }
 }
 
+/// What the broker says when `url`'s user publishes `routing_key` to `exchange` (confirmed),
+/// `None` when it takes the message.
+pub async fn publish_refusal(url: &str, exchange: &str, routing_key: &str) -> Option<String> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connects");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let outcome = async {
+        ch.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await?
+        .await
+    }
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+    match outcome {
+        Ok(confirm) if confirm.is_ack() => None,
+        Ok(confirm) => Some(format!("{confirm:?}")),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// What the broker says when `url`'s user reads from `queue`, `None` when it may.
+pub async fn read_refusal(url: &str, queue: &str) -> Option<String> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connects");
+    let ch = conn.create_channel().await.expect("channel");
+    let outcome = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    outcome.err().map(|e| e.to_string())
+}
+
 pub struct Spy {
     _channel: lapin::Channel,
     consumer: lapin::Consumer,
@@ -241,6 +284,19 @@ impl PrivateBroker {
         let mut all = vec!["ctl", self.dir.path().to_str().expect("a path")];
         all.extend_from_slice(args);
         broker_script(&all);
+    }
+
+    /// Run the `rabbitmqctl` commands of `file` against the node (`scripts/broker.sh apply`),
+    /// with `env` (the passwords the commands name).
+    pub fn apply(&self, file: &Path, env: &[(String, String)]) {
+        let status = Command::new(script())
+            .args(["apply", self.dir.path().to_str().expect("a path")])
+            .arg(file)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .status()
+            .expect("broker.sh");
+        assert!(status.success(), "broker.sh apply {}", file.display());
     }
 
     /// The node's URL as broker user `user` with password `password`.
