@@ -74,6 +74,99 @@ async fn oversized_mistyped_and_malformed_requests_get_json_errors() {
 }
 
 #[tokio::test]
+async fn every_forged_token_is_refused_and_changes_nothing() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let ctx = Ctx::new();
+    let meeting = Running::spawn(&ctx, &MEETING).await;
+    let url = format!("{}/meetings", meeting.base);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sign = |alg: Algorithm, key: &str, claims: serde_json::Value| {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let good = |sub: &str| json!({"sub": sub, "exp": now + 600});
+    let valid = sign(Algorithm::HS256, SECRET, good("alice"));
+    let payload = valid.split('.').nth(1).unwrap();
+    let forged = [
+        (
+            "alg none",
+            format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}."),
+        ),
+        (
+            "HS512, right key",
+            sign(Algorithm::HS512, SECRET, good("alice")),
+        ),
+        (
+            "HS384, right key",
+            sign(Algorithm::HS384, SECRET, good("alice")),
+        ),
+        (
+            "another key",
+            sign(
+                Algorithm::HS256,
+                "another-secret-0123456789abcdefghij",
+                good("alice"),
+            ),
+        ),
+        (
+            "expired a minute ago",
+            sign(
+                Algorithm::HS256,
+                SECRET,
+                json!({"sub": "alice", "exp": now - 60}),
+            ),
+        ),
+        (
+            "not valid for a minute",
+            sign(
+                Algorithm::HS256,
+                SECRET,
+                json!({"sub": "alice", "nbf": now + 60, "exp": now + 600}),
+            ),
+        ),
+        (
+            "no exp",
+            sign(Algorithm::HS256, SECRET, json!({"sub": "alice"})),
+        ),
+        ("padded sub", sign(Algorithm::HS256, SECRET, good(" alice"))),
+        (
+            "control in sub",
+            sign(Algorithm::HS256, SECRET, good("alice\u{7}")),
+        ),
+        (
+            "signature of another payload",
+            format!(
+                "{}.{}.{}",
+                valid.split('.').next().unwrap(),
+                sign(Algorithm::HS256, SECRET, good("mallory"))
+                    .split('.')
+                    .nth(1)
+                    .unwrap(),
+                valid.split('.').nth(2).unwrap()
+            ),
+        ),
+    ];
+    for (what, token) in &forged {
+        let (s, body) = Client::with_token(token)
+            .post(&url, json!({"title": "forged"}))
+            .await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{what}: {body}"
+        );
+    }
+    let (s, list) = Client::with_token(&valid).get(&url).await;
+    assert_eq!(s, 200, "the genuine token passes: {list}");
+    assert_eq!(list, json!([]), "no forged token created anything");
+    meeting.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn invented_methods_do_not_grow_the_metrics() {
     let ctx = Ctx::new();
     let meeting = Running::spawn(&ctx, &MEETING).await;
