@@ -474,6 +474,7 @@ pub(crate) async fn ingress() -> Result<(), Failure> {
 pub(crate) fn permissions(vhost: &str) -> Result<String, Failure> {
     let all = super::all_settings(&meeting_events::config::process_env())?;
     let mut out = vec![
+        "set -eu  # a password variable left unset stops here".to_string(),
         "# One broker user per role (MQ_TRUST=strict). Configure and read: the shared exchange"
             .to_string(),
         "# and the role's own queues; write: the exchange, the default exchange (retries and"

@@ -114,6 +114,19 @@ async fn the_printed_permissions_carry_the_chain_and_confine_every_producer() {
         .iter()
         .map(|(_, var, pw)| (var.clone(), pw.clone()))
         .collect();
+    // A password left unset stops the script before any command runs.
+    let unset = Command::new("/bin/sh")
+        .arg(&file)
+        .env_clear()
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("sh runs");
+    assert!(!unset.status.success());
+    assert!(
+        stderr(&unset).contains("_BROKER_PASSWORD"),
+        "{}",
+        stderr(&unset)
+    );
     broker.apply(&file, &passwords);
     // The administrator (the node's guest) declares the ingress exchange.
     let declared = app_topology(&ctx, &shared, "ingress").stdout;
