@@ -107,6 +107,22 @@ pub fn find(name: &str) -> Result<Role, String> {
 mod tests {
     use super::*;
 
+    /// A message a role moved without knowing its sender reads as the role's own
+    /// (`messaging::headers::producer_user`); that is safe only while no role consumes an
+    /// event type it publishes.
+    #[test]
+    fn no_role_consumes_what_it_publishes() {
+        for role in ALL {
+            for t in role.consumes {
+                assert!(
+                    !role.publishes.contains(t),
+                    "{} consumes its own {t:?}",
+                    role.name
+                );
+            }
+        }
+    }
+
     #[test]
     fn names_ports_and_queues_are_distinct() {
         let mut names: Vec<_> = ALL.iter().map(|r| r.name).collect();
