@@ -327,28 +327,14 @@ async fn verify(all: &[Settings]) -> anyhow::Result<bool> {
     let conn = connect(&first.mq).await?;
     let mut ok = true;
     let mq0 = &first.mq;
-    let exchange_check = {
-        let ch = conn.create_channel().await?;
-        let opts = lapin::options::ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        match ch
-            .exchange_declare(
-                mq0.exchange.as_str().into(),
-                mq0.exchange_type.kind(),
-                opts,
-                FieldTable::default(),
-            )
-            .await
-        {
-            Err(e) => Err(format!("missing: {e}")),
-            Ok(()) => {
-                let ch = conn.create_channel().await?;
-                topology::declare_exchange(&ch, mq0)
-                    .await
-                    .map_err(|e| format!("differs: {e}"))
-            }
+    let exchange_check = match exchange_exists(&conn, &mq0.exchange, mq0.exchange_type).await? {
+        Err(missing) => Err(missing),
+        Ok(()) => {
+            // Same name, same arguments: a no-op. Different ones: the broker says which.
+            let ch = conn.create_channel().await?;
+            topology::declare_exchange(&ch, mq0)
+                .await
+                .map_err(|e| format!("differs: {e}"))
         }
     };
     ok &= report(
@@ -357,19 +343,9 @@ async fn verify(all: &[Settings]) -> anyhow::Result<bool> {
     );
     for user in &mq0.ingress {
         let ingress = mq0.ingress_exchange(user);
-        let ch = conn.create_channel().await?;
-        let check = ch
-            .exchange_declare(
-                ingress.as_str().into(),
-                ExchangeType::Topic.kind(),
-                lapin::options::ExchangeDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| format!("missing (app topology ingress declares it): {e}"));
+        let check = exchange_exists(&conn, &ingress, ExchangeType::Topic)
+            .await?
+            .map_err(|e| format!("{e} (app topology ingress declares it)"));
         ok &= report(&format!("exchange {ingress} (ingress of {user})"), check);
     }
     for s in all {
@@ -422,6 +398,23 @@ async fn check_queue(
         .await
         .map(|_| ())
         .map_err(|e| format!("differs: {e}")))
+}
+
+/// Whether an exchange of that name exists (a passive declare; `Err` says why not).
+async fn exchange_exists(
+    conn: &Connection,
+    name: &str,
+    kind: ExchangeType,
+) -> anyhow::Result<Result<(), String>> {
+    let ch = conn.create_channel().await?;
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    Ok(ch
+        .exchange_declare(name.into(), kind.kind(), passive, FieldTable::default())
+        .await
+        .map_err(|e| format!("missing: {e}")))
 }
 
 fn report(what: &str, check: Result<(), String>) -> bool {

@@ -9,7 +9,6 @@ use meeting_events::envelope::Envelope;
 use meeting_events::events::{
     ElectionFinalized, Event, MeetingCreated, PermissionChange, VotingCompleted,
 };
-use meeting_events::messaging::headers;
 use meeting_events::messaging::topology::dead_letter_queue;
 use serde_json::json;
 
@@ -21,14 +20,7 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Wait for one message in `role`'s dead-letter queue and return its `x-reason`.
 async fn parked_reason(ctx: &Ctx, bus: &Bus, role: Role) -> String {
     let dlq = dead_letter_queue(&ctx.queue(role));
-    eventually(WAIT, || async {
-        (bus.queue_len(&dlq).await >= 1).then_some(())
-    })
-    .await
-    .unwrap_or_else(|| panic!("nothing parked in {dlq}"));
-    let parked = bus.drain(&dlq).await;
-    assert_eq!(parked.len(), 1, "one message parked");
-    headers::text(&parked[0].delivery.properties, headers::REASON).unwrap_or_default()
+    bus.parked_reasons(&dlq, 1).await.remove(0)
 }
 
 #[tokio::test]

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use meeting_events::envelope::Envelope;
 use meeting_events::events::{ElectionCreate, Event};
-use meeting_events::messaging::headers;
 use meeting_events::messaging::topology::dead_letter_queue;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -255,13 +254,7 @@ async fn a_message_over_the_size_limit_is_parked_unread() {
     huge.data["title"] = json!("x".repeat(4096));
     bus.publish(&huge).await;
     let dlq = dead_letter_queue(&ctx.queue(&ELECTION));
-    eventually(Duration::from_secs(15), || async {
-        (bus.queue_len(&dlq).await == 1).then_some(())
-    })
-    .await
-    .expect("parked");
-    let parked = bus.drain(&dlq).await;
-    let why = headers::text(&parked[0].delivery.properties, headers::REASON).unwrap();
+    let why = bus.parked_reasons(&dlq, 1).await.remove(0);
     assert!(why.starts_with("too_large: "), "{why}");
     let (_, list) = Client::as_user("alice")
         .get(&format!("{}/elections?meeting_id=m-big", election.base))

@@ -7,7 +7,6 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use meeting_events::messaging::headers;
 use meeting_events::messaging::topology::dead_letter_queue;
 use serde_json::json;
 
@@ -269,13 +268,7 @@ async fn the_printed_permissions_carry_the_chain_and_confine_every_producer() {
     // role parked unread.
     let bus = Bus::connect(&ctx).await;
     let election_dlq = dead_letter_queue(&ctx.queue(&ELECTION));
-    eventually(Duration::from_secs(10), || async {
-        (bus.queue_len(&election_dlq).await == 1).then_some(())
-    })
-    .await
-    .expect("the probe parked");
-    let probe = bus.drain(&election_dlq).await;
-    let why = headers::text(&probe[0].delivery.properties, headers::REASON).unwrap_or_default();
+    let why = bus.parked_reasons(&election_dlq, 1).await.remove(0);
     assert!(why.starts_with("not_envelope"), "{why}");
     for role in meeting_events::roles::ALL {
         let dlq = dead_letter_queue(&ctx.queue(role));

@@ -7,7 +7,6 @@ use std::time::Duration;
 use meeting_events::domain::MeetingRole;
 use meeting_events::envelope::Envelope;
 use meeting_events::events::{Event, PermissionChange};
-use meeting_events::messaging::headers;
 use meeting_events::messaging::topology::dead_letter_queue;
 use serde_json::json;
 
@@ -63,13 +62,8 @@ async fn in_strict_mode_an_event_is_believed_only_from_its_producers_broker_user
 
     let bus = Bus::connect(&ctx).await;
     let dlq = dead_letter_queue(&ctx.queue(&MEETING));
-    eventually(Duration::from_secs(15), || async {
-        (bus.queue_len(&dlq).await == 2).then_some(())
-    })
-    .await
-    .expect("both forgeries parked by the meeting role");
-    for m in bus.drain(&dlq).await {
-        let why = headers::text(&m.delivery.properties, headers::REASON).unwrap_or_default();
+    // Both forgeries parked by the meeting role.
+    for why in bus.parked_reasons(&dlq, 2).await {
         assert!(why.starts_with("untrusted_producer: "), "{why}");
     }
     let (_, m) = alice

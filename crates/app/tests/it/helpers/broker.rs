@@ -162,6 +162,28 @@ impl Bus {
         out
     }
 
+    /// Wait until `count` messages are parked in `dlq`, take them off it and return each
+    /// one's `x-reason`.
+    pub async fn parked_reasons(&self, dlq: &str, count: u32) -> Vec<String> {
+        super::eventually(Duration::from_secs(15), || async {
+            (self.queue_len(dlq).await >= count).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("fewer than {count} parked in {dlq}"));
+        let parked = self.drain(dlq).await;
+        assert_eq!(parked.len() as u32, count, "messages parked in {dlq}");
+        parked
+            .iter()
+            .map(|m| {
+                meeting_events::messaging::headers::text(
+                    &m.delivery.properties,
+                    meeting_events::messaging::headers::REASON,
+                )
+                .unwrap_or_default()
+            })
+            .collect()
+    }
+
     pub async fn queue_len(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.expect("channel");
         let q = ch
