@@ -138,6 +138,18 @@ pub const VARIABLES: &[Variable] = &[
         scope: Scope::Shared,
     },
     Variable {
+        name: "MQ_CONSUMER_CHECK",
+        help: "how often the consumer asks the broker whether it still lists a consumer on the queue (a passive declare); none listed means re-attach",
+        default: Default::Fixed("5s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_CONSUMER_WATCHDOG",
+        help: "how long the queue may hold messages ready for delivery while the consumer receives and settles none, before the consumer is recreated",
+        default: Default::Fixed("30s"),
+        scope: Scope::Shared,
+    },
+    Variable {
         name: "MQ_RETRY_DELAYS",
         help: "delay before each retry of a failed event; after the last it is parked",
         default: Default::Fixed("1s,5s,30s"),
@@ -495,6 +507,10 @@ pub struct MqSettings {
     pub delivery_limit: u32,
     /// The largest message the consumer reads.
     pub max_message_bytes: usize,
+    /// How often the consumer checks that the broker still lists a consumer on its queue.
+    pub consumer_check: Duration,
+    /// How long ready messages may wait while the idle consumer receives nothing.
+    pub consumer_watchdog: Duration,
     /// Delay before each retry of a failed handler; after the last one the message is parked.
     pub retry_delays: Vec<Duration>,
     /// Whether events are accepted only from their producers' broker users.
@@ -802,6 +818,20 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
                 "must be a number of bytes from 1024 to 134217728",
             )
         })?;
+    let consumer_check = parse_duration("MQ_CONSUMER_CHECK", &get("MQ_CONSUMER_CHECK"))?;
+    let consumer_watchdog = parse_duration("MQ_CONSUMER_WATCHDOG", &get("MQ_CONSUMER_WATCHDOG"))?;
+    if consumer_check < Duration::from_millis(100) {
+        return Err(ConfigError::new(
+            "MQ_CONSUMER_CHECK",
+            "must be at least 100ms",
+        ));
+    }
+    if consumer_watchdog < consumer_check {
+        return Err(ConfigError::new(
+            "MQ_CONSUMER_WATCHDOG",
+            "must be at least MQ_CONSUMER_CHECK",
+        ));
+    }
     let retry_delays = list(&get("MQ_RETRY_DELAYS"))
         .iter()
         .map(|d| parse_duration("MQ_RETRY_DELAYS", d))
@@ -925,6 +955,8 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
             queue_type,
             delivery_limit,
             max_message_bytes,
+            consumer_check,
+            consumer_watchdog,
             retry_delays,
             trust,
             producers,

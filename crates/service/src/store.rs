@@ -15,7 +15,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTypeInfo, AnyValueRef};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyConnection, AnyPool, Database, Decode, Encode, Transaction, Type};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Database, Decode, Encode, Transaction, Type};
 
 use crate::roles::Role;
 
@@ -68,6 +68,24 @@ pub(crate) static COMMON: Migrations = Migrations {
     postgres: sqlx::migrate!("./migrations/common/postgres"),
 };
 
+/// Whether a released connection may go back to the pool: not while it is still inside a
+/// transaction, which would hold SQLite's write lock and refuse every later `BEGIN`. The
+/// rollback of a dropped `Transaction` is queued on the connection, so a ping (behind it)
+/// settles the question; only a connection that is still in a transaction after it is
+/// closed, which rolls the transaction back. [`Store::begin`] keeps this from happening;
+/// this keeps any other cancelled begin from wedging the store.
+async fn left_in_transaction(conn: &mut AnyConnection) -> sqlx::Result<bool> {
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::error!("a store connection was released inside a transaction; closing it");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// The role's database: a pool and its dialect.
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
@@ -94,6 +112,7 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(|conn, _| Box::pin(left_in_transaction(conn)))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     if Dialect::of_connection(conn) == Dialect::Sqlite {
@@ -191,11 +210,26 @@ impl Store {
 
     /// Begin a write transaction. On SQLite `BEGIN IMMEDIATE` takes the write lock up
     /// front, so two writers queue instead of one failing when it upgrades from reading.
+    ///
+    /// The begin runs in a task of its own, to the end, even when the caller is dropped
+    /// halfway (a client that hangs up, a consumer dropping the batch of a dead
+    /// connection). sqlx's SQLite begin with a custom statement awaits once more after
+    /// `BEGIN` has run (`lock_handle`); a caller cancelled there never gets the
+    /// `Transaction` that would roll back, and the connection goes back to the pool inside
+    /// an open transaction that holds the write lock and refuses every later `BEGIN`
+    /// ("attempted to call begin_with at non-zero transaction depth"). Completed in its own
+    /// task, the `Transaction` exists and its drop rolls back.
     pub(crate) async fn begin(&self) -> sqlx::Result<Transaction<'static, Any>> {
-        match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
-        }
+        let pool = self.pool.clone();
+        let dialect = self.dialect;
+        tokio::spawn(async move {
+            match dialect {
+                Dialect::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+                Dialect::Postgres => pool.begin().await,
+            }
+        })
+        .await
+        .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("begin: {e}"))))?
     }
 
     pub(crate) async fn close(&self) {
@@ -371,6 +405,40 @@ mod tests {
         assert_eq!(sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
         assert!(dir.path().join("sub").is_dir());
         assert!(sqlite_url("sqlite::memory:").is_err());
+    }
+
+    /// A unit of work dropped at any point of its begin — a client hanging up, a consumer
+    /// dropping the batch of a dead connection — leaves the store usable: the next begin
+    /// and commit succeed at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_begin_cancelled_at_any_point_leaves_the_store_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/c.db", dir.path().display());
+        let store = Store::open(&url, 1, crate::roles::find("meeting").unwrap())
+            .await
+            .unwrap();
+        for round in 0..2000u64 {
+            // Poll the begin a few times, the worker thread running between polls for a
+            // few microseconds more each round, and drop it: cancelled across its whole
+            // course (pool, BEGIN, the lock check after it).
+            let mut begin = Box::pin(store.begin());
+            let gap = Duration::from_micros(round % 100);
+            for _ in 0..4 {
+                if futures_util::poll!(&mut begin).is_ready() {
+                    break;
+                }
+                let start = std::time::Instant::now();
+                while start.elapsed() < gap {
+                    std::hint::spin_loop();
+                }
+            }
+            drop(begin);
+            let next = tokio::time::timeout(Duration::from_secs(5), store.begin())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the next begin waited 5 s"))
+                .unwrap_or_else(|e| panic!("round {round}: the next begin failed: {e}"));
+            next.commit().await.unwrap();
+        }
     }
 
     #[test]

@@ -96,7 +96,7 @@ async fn broker_crash(kill_after: Duration, outage: Duration, concurrency: usize
     );
 
     tokio::time::sleep(kill_after).await;
-    broker.kill();
+    broker.kill().await;
     let killed_at = Instant::now();
     let ready = format!("{}/ready", meeting.base);
     let not_ready = eventually(Duration::from_secs(10), || async {
@@ -109,7 +109,7 @@ async fn broker_crash(kill_after: Duration, outage: Duration, concurrency: usize
     );
     let during = accepted.lock().unwrap().len();
     tokio::time::sleep(outage).await;
-    broker.restart();
+    broker.restart().await;
     let back_at = Instant::now();
     if !meeting.wait_ready_within(Duration::from_secs(30)).await {
         let why = reqwest::get(&ready).await.unwrap().text().await.unwrap();
@@ -378,7 +378,7 @@ async fn connections_closed_by_the_broker_are_reopened_and_events_flow_again() {
     let alice = Client::as_user("alice");
     meeting_with_manager(&stack.urls(), &alice, "before").await;
     for _ in 0..2 {
-        broker.close_connections();
+        broker.close_connections().await;
         let started = Instant::now();
         for r in [
             &stack.meeting,
@@ -399,4 +399,132 @@ async fn connections_closed_by_the_broker_are_reopened_and_events_flow_again() {
         meeting_with_manager(&stack.urls(), &alice, "after a reset").await;
     }
     stack.stop().await;
+}
+
+/// A meeting.created event for meeting `id`, as the meeting service publishes it.
+fn meeting_created(id: &str) -> Envelope {
+    Envelope::new(
+        &Event::MeetingCreated(MeetingCreated {
+            meeting_id: id.into(),
+            title: "cut off".into(),
+            created_by: "alice".into(),
+        }),
+        "meeting-service",
+    )
+}
+
+/// The consumer is cut off while its connection stays up: its queue is deleted with
+/// rabbitmqctl and declared again, bare, as an operator might. `/ready` must say so (503,
+/// naming the consumer), and the role must replace its consumer by itself — with the
+/// bindings the bare queue lacks — so that events flow again.
+#[tokio::test]
+async fn a_consumer_cut_off_on_a_live_connection_is_not_ready_and_replaces_itself() {
+    let broker = PrivateBroker::start();
+    let ctx = Ctx::on(broker.url.clone());
+    let permission = Running::spawn(&ctx, &PERMISSION).await;
+    let bus = Bus::connect(&ctx).await;
+    let perm = ctx.store(&PERMISSION).await;
+    let applied = |id: &'static str| {
+        let perm = perm.clone();
+        async move {
+            eventually(Duration::from_secs(20), || async {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM meetings WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&perm)
+                    .await
+                    .ok()?;
+                (n == 1).then_some(())
+            })
+            .await
+            .is_some()
+        }
+    };
+    bus.publish(&meeting_created("before")).await;
+    assert!(applied("before").await, "applied before the cut");
+
+    // Watch /ready throughout, every 10 ms.
+    let ready = format!("{}/ready", permission.base);
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let (ready, watching) = (ready.clone(), watching.clone());
+        async move {
+            let mut seen = Vec::new();
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(r) = reqwest::get(&ready).await {
+                    seen.push((r.status().as_u16(), r.text().await.unwrap_or_default()));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        }
+    });
+
+    let queue = ctx.queue(&PERMISSION);
+    let cut = Instant::now();
+    broker.ctl_async(&["delete_queue", &queue]).await;
+    let mq = ctx.settings(&PERMISSION).mq;
+    bus.channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            meeting_events::messaging::topology::main_queue_args(&mq),
+        )
+        .await
+        .expect("the queue declared again, without bindings");
+    // Ready again, after having said why not.
+    let back = eventually(Duration::from_secs(30), || async {
+        let r = reqwest::get(&ready).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+    assert!(back.is_some(), "/ready 200 again within 30 s");
+    let refused: Vec<&(u16, String)> = seen.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        !refused.is_empty(),
+        "/ready answered 503 while the consumer was cut off: {seen:?}"
+    );
+    assert!(
+        refused.iter().all(|(_, body)| body.contains("consumer: ")),
+        "the reason names the consumer: {refused:?}"
+    );
+    eprintln!(
+        "consumer cut off: /ready 503 in {} of {} polls ({}), ready again {:.2}s after the cut",
+        refused.len(),
+        seen.len(),
+        refused[0].1,
+        cut.elapsed().as_secs_f64()
+    );
+
+    // The replaced consumer receives again, through bindings it declared itself.
+    bus.publish(&meeting_created("after")).await;
+    assert!(
+        applied("after").await,
+        "applied after the consumer was replaced"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", permission.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("consumer_restarts_total{")
+                && l.contains(&format!("service=\"{queue}\""))
+                && !l.contains("reason=\"connection\"")),
+        "a consumer-level restart is counted: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("consumer_restarts_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    permission.stop().await.unwrap();
 }

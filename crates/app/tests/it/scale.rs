@@ -251,12 +251,12 @@ async fn scaled_out_nothing_is_lost_or_doubled_when_a_broker_node_or_a_replica_d
     let accepted = stream(meetings, {
         let (cluster, ready_after, replicas) = (&cluster, ready_after.clone(), &replicas);
         async move {
-            cluster.kill_node(leader);
+            cluster.kill_node(leader).await;
             let killed = Instant::now();
             assert!(all_ready(replicas, Duration::from_secs(60)).await, "every replica ready on the other nodes");
             let failover = killed.elapsed();
             tokio::time::sleep(Duration::from_secs(3).saturating_sub(failover)).await;
-            cluster.restart_node(leader);
+            cluster.restart_node(leader).await;
             let back = Instant::now();
             assert!(all_ready(replicas, Duration::from_secs(60)).await, "every replica ready again");
             eprintln!("scale-out, leader node killed: every replica ready on the surviving nodes {:.2}s after the kill", failover.as_secs_f64());

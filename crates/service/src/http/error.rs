@@ -42,7 +42,11 @@ pub(crate) enum ApiError {
     /// 500: the store failed; the source is logged, never answered. A transaction that lost
     /// a race with another replica is run again by [`super::retry_lost_races`]; if it keeps
     /// losing, 503 `busy` with `Retry-After`.
-    #[error("{}", if crate::store::is_retryable(.0) { "the store is busy with concurrent changes; try again" } else { "internal error" })]
+    #[error("{}", match .0 {
+        e if crate::store::is_retryable(e) => "the store is busy with concurrent changes; try again",
+        sqlx::Error::PoolTimedOut => "the store is not answering; try again",
+        _ => "internal error",
+    })]
     Store(#[from] sqlx::Error),
 }
 
@@ -67,6 +71,9 @@ impl ApiError {
             ApiError::Store(e) if crate::store::is_retryable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "busy")
             }
+            ApiError::Store(sqlx::Error::PoolTimedOut) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             ApiError::Internal(_) | ApiError::Store(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -78,8 +85,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let lost_race = matches!(&self, ApiError::Store(e) if crate::store::is_retryable(e));
+        let unavailable = matches!(&self, ApiError::Store(sqlx::Error::PoolTimedOut));
         match &self {
             ApiError::Store(_) if lost_race => {}
+            ApiError::Store(_) if unavailable => {
+                tracing::warn!("request refused: no store connection came free in time")
+            }
             ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
             ApiError::Store(e) => {
                 tracing::error!(cause = %crate::telemetry::Chain(e), "request failed: store")
@@ -91,6 +102,12 @@ impl IntoResponse for ApiError {
             Json(json!({"error": code, "message": self.to_string()})),
         )
             .into_response();
+        if unavailable {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if lost_race {
             // Marks the answer for `retry_lost_races`, which runs the request again.
             response.extensions_mut().insert(LostRace);

@@ -104,8 +104,8 @@ async fn ready(State(state): State<AppState>) -> Response {
     if !state.broker.is_connected() {
         reasons.push("broker: not connected".to_string());
     }
-    if !state.broker.consumer_attached() {
-        reasons.push("consumer: not attached to its queue".to_string());
+    if let Err(why) = state.broker.consumer_status() {
+        reasons.push(format!("consumer: {why}"));
     }
     let store = tokio::time::timeout(
         Duration::from_secs(2),

@@ -9,8 +9,8 @@
 //! lapin's own recovery is not used: re-declaring the topology and re-attaching the
 //! consumer ourselves is one code path that the fault suite exercises end to end.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -40,10 +40,20 @@ struct Inner {
     mq: MqSettings,
     session: watch::Sender<Option<Session>>,
     broken: tokio::sync::Notify,
-    consumer_attached: AtomicBool,
+    /// The id of the session a user last reported broken; a wake-up for an older one is stale.
+    broken_id: AtomicU64,
+    consumer: Mutex<Attachment>,
     next_id: AtomicU64,
     /// Which of the broker's nodes to connect to next (`AMQP_URL` lists them).
     node: AtomicUsize,
+}
+
+/// Where the consumer stands, for `/ready`.
+enum Attachment {
+    /// Not consuming, and why.
+    Detached(String),
+    /// Consuming on this channel; attached only while it is open.
+    Attached(Channel),
 }
 
 /// Handle to the role's broker connection. Cheap to clone.
@@ -61,7 +71,8 @@ impl Broker {
                 mq,
                 session,
                 broken: tokio::sync::Notify::new(),
-                consumer_attached: AtomicBool::new(false),
+                broken_id: AtomicU64::new(0),
+                consumer: Mutex::new(Attachment::Detached("not attached yet".into())),
                 next_id: AtomicU64::new(1),
                 node: AtomicUsize::new(0),
             }),
@@ -98,21 +109,46 @@ impl Broker {
             .is_some_and(|s| s.connection.status().connected())
     }
 
-    pub(crate) fn consumer_attached(&self) -> bool {
-        self.inner.consumer_attached.load(Ordering::Relaxed)
+    /// Whether deliveries can reach the consumer: attached, and its channel still open;
+    /// otherwise why not.
+    pub(crate) fn consumer_status(&self) -> Result<(), String> {
+        match &*self.lock_consumer() {
+            Attachment::Detached(why) => Err(why.clone()),
+            Attachment::Attached(channel) if !channel.status().connected() => {
+                Err("the consumer's channel is closed".into())
+            }
+            Attachment::Attached(_) => Ok(()),
+        }
     }
 
-    pub(crate) fn set_consumer_attached(&self, attached: bool) {
-        self.inner
-            .consumer_attached
-            .store(attached, Ordering::Relaxed);
+    /// The consumer consumes on `channel`.
+    pub(crate) fn consumer_attached(&self, channel: &Channel) {
+        *self.lock_consumer() = Attachment::Attached(channel.clone());
+        self.consumer_gauge(1.0);
+    }
+
+    /// The consumer stopped consuming, for `why`.
+    pub(crate) fn consumer_detached(&self, why: &str) {
+        *self.lock_consumer() = Attachment::Detached(why.to_string());
+        self.consumer_gauge(0.0);
+    }
+
+    fn consumer_gauge(&self, value: f64) {
         metrics::gauge!("consumer_attached", "service" => self.inner.mq.service_name.clone())
-            .set(if attached { 1.0 } else { 0.0 });
+            .set(value);
+    }
+
+    fn lock_consumer(&self) -> std::sync::MutexGuard<'_, Attachment> {
+        self.inner
+            .consumer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A user of session `id` saw it fail (a closed channel, say): replace it.
     pub(crate) fn report_broken(&self, id: u64) {
         if self.current().is_some_and(|s| s.id == id) {
+            self.inner.broken_id.store(id, Ordering::SeqCst);
             self.inner.broken.notify_one();
         }
     }
@@ -215,14 +251,22 @@ impl Broker {
                     None => return "event stream ended".into(),
                 },
                 _ = self.inner.broken.notified() => {
-                    if self.current().is_some_and(|s| s.id == session.id) {
+                    // A report about an earlier session can leave a wake-up behind (the
+                    // supervisor had already seen that one fail): only this session's counts.
+                    let reported = self.inner.broken_id.load(Ordering::SeqCst);
+                    tracing::debug!(session = session.id, reported, "supervisor: a user reported a session broken");
+                    if reported == session.id {
                         return "a channel of this connection failed".into();
                     }
                 }
                 _ = poll.tick() => {
                     ticks += 1;
                     if ticks % DLQ_POLL_TICKS == 1 {
-                        self.record_dead_letters(session).await;
+                        // Bounded: on a half-dead socket the broker may never answer, and a
+                        // supervisor waiting here would not see the connection fail.
+                        if tokio::time::timeout(Duration::from_secs(5), self.record_dead_letters(session)).await.is_err() {
+                            tracing::debug!(session = session.id, "supervisor: the dead-letter depth check got no answer");
+                        }
                     }
                     if !session.connection.status().connected() {
                         return "connection is no longer connected".into();

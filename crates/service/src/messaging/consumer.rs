@@ -7,6 +7,7 @@
 //! original is acked, so nothing is dropped on the way.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -14,8 +15,10 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -25,6 +28,7 @@ use crate::messaging::decision::{decide, Decision, Handled, ParkReason};
 use crate::messaging::inbox::Recorded;
 use crate::messaging::outbox::{Outbox, Work};
 use crate::messaging::publisher::{self, Published};
+use crate::messaging::watchdog::{self, Detached, QueueCheck, Verdict};
 use crate::messaging::{headers, inbox, topology, Broker, Session};
 use crate::store::{is_retryable, race_backoff, RACE_RETRIES};
 use crate::telemetry::{short, Chain};
@@ -77,9 +81,90 @@ pub(crate) struct Consumer {
 /// Most deliveries applied in one store transaction.
 const MAX_BATCH: usize = 32;
 
+/// A new consumer after a lost one waits this long.
+const REATTACH_PAUSE: Duration = Duration::from_millis(500);
+
 enum Ended {
     Shutdown,
-    Lost(String),
+    Lost(Lost),
+}
+
+/// Why a consumer stopped receiving.
+struct Lost {
+    reason: Detached,
+    detail: String,
+}
+
+impl Lost {
+    fn new(reason: Detached, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The delivery stream ended: the consumer alone when its channel is still open, or the
+/// channel with it.
+fn stream_ended(channel: &Channel, detail: &str) -> Ended {
+    let reason = if channel.status().connected() {
+        Detached::StreamEnded
+    } else {
+        Detached::ChannelClosed
+    };
+    Ended::Lost(Lost::new(reason, detail))
+}
+
+/// When the consumer last received or settled a delivery (or attached).
+struct Progress {
+    since: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        self.since
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Ready messages and consumers of `queue`, by a passive declare on a channel of its own
+/// (a missing queue closes the channel it is asked on).
+async fn check_queue(session: &Session, queue: &str) -> lapin::Result<QueueCheck> {
+    let channel = session.connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let answer = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "checked".into()).await;
+    }
+    let q = answer?;
+    Ok(QueueCheck {
+        ready: q.message_count(),
+        consumers: q.consumer_count(),
+    })
+}
+
+/// Whether the broker answered 404 NOT_FOUND (the queue does not exist).
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }
 
 enum Applied {
@@ -106,31 +191,54 @@ fn decode(body: &[u8], max: usize) -> Result<(Envelope, Event), DecodeError> {
 }
 
 impl Consumer {
-    /// Consume until `shutdown`, re-attaching after every reconnect.
+    /// Consume until `shutdown`. A consumer that is lost is replaced: on the same connection
+    /// when only the consumer was cut off and the connection is still up, otherwise on the
+    /// session the supervisor opens next.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut sessions = self.broker.watch();
         while let Some(session) = self.broker.wait_session(&shutdown).await {
-            match self.consume(&session, &shutdown).await {
+            tracing::debug!(session = session.id, "consumer: attaching on this session");
+            let lost = match self.consume(&session, &shutdown).await {
                 Ok(Ended::Shutdown) => break,
-                Ok(Ended::Lost(why)) => self.lost(&session, &why),
-                Err(e) => self.lost(&session, &e.to_string()),
+                Ok(Ended::Lost(lost)) => lost,
+                Err(e) => Lost::new(Detached::AttachFailed, e.to_string()),
+            };
+            self.detached(&session, &lost);
+            let same_session = self.broker.current().is_some_and(|s| s.id == session.id);
+            if lost.reason.keeps_connection()
+                && same_session
+                && session.connection.status().connected()
+            {
+                // Only the consumer was cut off: open a new one on this connection, after a
+                // pause so that a consumer the broker keeps refusing cannot spin.
+                tokio::select! {
+                    _ = tokio::time::sleep(REATTACH_PAUSE) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
             }
+            self.broker.report_broken(session.id);
             // Wait for the supervisor to replace the session we lost.
             let old = session.id;
+            tracing::debug!(session = old, current = ?self.broker.current().map(|s| s.id), "consumer: waiting for the session to be replaced");
             tokio::select! {
                 _ = sessions.wait_for(|s| s.as_ref().map(|s| s.id) != Some(old)) => {}
                 _ = shutdown.cancelled() => break,
             }
         }
-        self.broker.set_consumer_attached(false);
+        self.broker.consumer_detached("stopped");
     }
 
-    fn lost(&self, session: &Session, why: &str) {
-        self.broker.set_consumer_attached(false);
-        tracing::warn!(service = %self.broker.settings().service_name, reason = why, "consumer detached");
-        self.broker.report_broken(session.id);
+    fn detached(&self, session: &Session, lost: &Lost) {
+        let mq = self.broker.settings();
+        self.broker
+            .consumer_detached(&format!("{} ({})", lost.detail, lost.reason.label()));
+        metrics::counter!("consumer_restarts_total", "service" => mq.service_name.clone(), "reason" => lost.reason.label()).increment(1);
+        tracing::warn!(service = %mq.service_name, session = session.id, reason = lost.reason.label(), detail = %lost.detail,
+            connection = connection_state(&session.connection), "consumer detached; replacing it");
     }
 
+    /// Attach to the queue and consume until the consumer ends, its session goes away, the
+    /// monitor finds it cut off, or `shutdown`.
     async fn consume(
         &self,
         session: &Session,
@@ -138,6 +246,9 @@ impl Consumer {
     ) -> lapin::Result<Ended> {
         let mq = self.broker.settings();
         let channel = session.connection.create_channel().await?;
+        // The queue and its bindings, again: when the consumer is replaced on the same
+        // connection, the queue may have been deleted and declared anew without them.
+        topology::declare(&channel, mq).await?;
         channel
             .basic_qos(mq.prefetch, BasicQosOptions::default())
             .await?;
@@ -146,7 +257,7 @@ impl Consumer {
             mq.service_name,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let mut deliveries = channel
+        let deliveries = channel
             .basic_consume(
                 mq.queue.as_str().into(),
                 tag.as_str().into(),
@@ -155,11 +266,45 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        self.broker.set_consumer_attached(true);
-        tracing::info!(service = %mq.service_name, queue = %mq.queue, prefetch = mq.prefetch, "consumer attached");
+        self.broker.consumer_attached(&channel);
+        tracing::info!(service = %mq.service_name, queue = %mq.queue, prefetch = mq.prefetch, session = session.id, channel = channel.id(), consumer = %tag, "consumer attached");
+        let progress = Progress::new();
+        let ended = tokio::select! {
+            ended = self.deliver(session, &channel, &tag, deliveries, shutdown, &progress) => ended,
+            lost = self.monitor(session, &channel, &progress) => Ok(Ended::Lost(lost)),
+        };
+        if !matches!(ended, Ok(Ended::Shutdown)) && channel.status().connected() {
+            // Deliveries this consumer held and did not settle go back to the queue with
+            // its channel; on a connection that is still up the channel must be closed.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                channel.close(200, "consumer replaced".into()),
+            )
+            .await;
+        }
+        ended
+    }
+
+    /// The delivery loop: take what arrives, in batches of what the prefetch already holds.
+    async fn deliver(
+        &self,
+        session: &Session,
+        channel: &Channel,
+        tag: &str,
+        mut deliveries: lapin::Consumer,
+        shutdown: &CancellationToken,
+        progress: &Progress,
+    ) -> lapin::Result<Ended> {
         // The supervisor replacing the session also ends this consumer, whether or not the
         // old channel's stream ever reports its end.
         let mut sessions = self.broker.watch();
+        let replaced_msg = || {
+            Ended::Lost(Lost::new(
+                Detached::Connection,
+                "the connection was replaced",
+            ))
+        };
+        let mut received: u64 = 0;
         loop {
             let next = tokio::select! {
                 biased;
@@ -167,20 +312,20 @@ impl Consumer {
                     // Stop taking deliveries; what was prefetched but not handled goes back
                     // to the queue when the channel closes.
                     let stop = async {
-                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
                         let _ = channel.close(200, "shutdown".into()).await;
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(2), stop).await;
                     return Ok(Ended::Shutdown);
                 }
                 _ = async { let _ = sessions.wait_for(|s| s.as_ref().map(|s| s.id) != Some(session.id)).await; } => {
-                    return Ok(Ended::Lost("the connection was replaced".into()));
+                    return Ok(replaced_msg());
                 }
                 next = deliveries.next() => next,
             };
             let first = match next {
-                None => return Ok(Ended::Lost("the broker ended the consumer".into())),
-                Some(Err(e)) => return Ok(Ended::Lost(e.to_string())),
+                None => return Ok(stream_ended(channel, "the broker ended the consumer")),
+                Some(Err(e)) => return Ok(stream_ended(channel, &e.to_string())),
                 Some(Ok(delivery)) => delivery,
             };
             // Take what the prefetch has already delivered, without waiting for more.
@@ -190,16 +335,24 @@ impl Consumer {
                 match deliveries.next().now_or_never() {
                     Some(Some(Ok(delivery))) => batch.push(delivery),
                     Some(Some(Err(e))) => {
-                        ended = Some(Ended::Lost(e.to_string()));
+                        ended = Some(stream_ended(channel, &e.to_string()));
                         break;
                     }
                     Some(None) => {
-                        ended = Some(Ended::Lost("the broker ended the consumer".into()));
+                        ended = Some(stream_ended(channel, "the broker ended the consumer"));
                         break;
                     }
                     None => break,
                 }
             }
+            progress.touch();
+            received += batch.len() as u64;
+            tracing::debug!(
+                session = session.id,
+                deliveries = batch.len(),
+                received,
+                "consumer: batch in hand"
+            );
             // A delivery in hand must not outlive its connection: an ack or a confirm on a
             // connection that died can wait forever. When the supervisor withdraws or
             // replaces the session, the batch is dropped — its transaction rolls back, or
@@ -210,13 +363,90 @@ impl Consumer {
                     .await;
             };
             tokio::select! {
-                r = self.process_batch(session, batch) => r?,
+                r = self.process_batch(session, batch) => {
+                    tracing::debug!(session = session.id, ok = r.is_ok(), "consumer: batch settled");
+                    r?;
+                    progress.touch();
+                }
                 _ = replaced => {
-                    return Ok(Ended::Lost("the connection went away with deliveries in hand".into()));
+                    return Ok(Ended::Lost(Lost::new(Detached::Connection, "the connection went away with deliveries in hand")));
                 }
             }
             if let Some(ended) = ended {
                 return Ok(ended);
+            }
+        }
+    }
+
+    /// Ask the broker every `MQ_CONSUMER_CHECK` whether this consumer can still receive
+    /// ([`watchdog::judge`]); resolves with the reason once it cannot.
+    async fn monitor(&self, session: &Session, channel: &Channel, progress: &Progress) -> Lost {
+        let mq = self.broker.settings();
+        let mut tick = tokio::time::interval(mq.consumer_check);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut failures = 0;
+        loop {
+            tick.tick().await;
+            if !channel.status().connected() {
+                return Lost::new(Detached::ChannelClosed, "the consumer's channel is closed");
+            }
+            let answer = tokio::time::timeout(
+                mq.consumer_check.max(Duration::from_secs(2)),
+                check_queue(session, &mq.queue),
+            )
+            .await;
+            let check = match answer {
+                Ok(Ok(check)) => check,
+                Ok(Err(e)) if is_not_found(&e) => {
+                    return Lost::new(Detached::QueueMissing, format!("the queue is gone: {e}"));
+                }
+                Ok(Err(e)) => {
+                    failures += 1;
+                    tracing::debug!(session = session.id, failures, error = %e, "consumer: queue check failed");
+                    if failures >= watchdog::CHECK_FAILURES {
+                        return Lost::new(
+                            Detached::CheckFailed,
+                            format!("{failures} queue checks failed, the last: {e}"),
+                        );
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    failures += 1;
+                    tracing::debug!(
+                        session = session.id,
+                        failures,
+                        "consumer: queue check got no answer"
+                    );
+                    if failures >= watchdog::CHECK_FAILURES {
+                        return Lost::new(
+                            Detached::CheckFailed,
+                            format!("{failures} queue checks got no answer"),
+                        );
+                    }
+                    continue;
+                }
+            };
+            failures = 0;
+            let idle = progress.idle();
+            tracing::debug!(session = session.id, ready = check.ready, consumers = check.consumers, idle = ?idle,
+                connection = connection_state(&session.connection), channel = channel_state(channel), "consumer: queue checked");
+            match watchdog::judge(check, idle, mq.consumer_watchdog) {
+                Verdict::Healthy => {}
+                Verdict::NotListed => {
+                    return Lost::new(
+                        Detached::NotListed,
+                        "the broker lists no consumer on the queue",
+                    );
+                }
+                Verdict::Stalled { ready, idle } => {
+                    metrics::counter!("consumer_stalls_total", "service" => mq.service_name.clone()).increment(1);
+                    return Lost::new(
+                        Detached::Stalled,
+                        format!("{ready} messages ready on the queue and nothing received or settled for {:.0}s", idle.as_secs_f64()),
+                    );
+                }
             }
         }
     }
@@ -517,6 +747,31 @@ impl Consumer {
                     .map(|_| ())
             }
         }
+    }
+}
+
+/// A connection's state, for the logs.
+pub(crate) fn connection_state(connection: &lapin::Connection) -> &'static str {
+    let status = connection.status();
+    match () {
+        _ if status.connected() => "connected",
+        _ if status.connecting() => "connecting",
+        _ if status.reconnecting() => "reconnecting",
+        _ if status.closing() => "closing",
+        _ if status.errored() => "errored",
+        _ => "closed",
+    }
+}
+
+/// A channel's state, for the logs.
+pub(crate) fn channel_state(channel: &lapin::Channel) -> &'static str {
+    let status = channel.status();
+    match () {
+        _ if status.connected() => "connected",
+        _ if status.initializing() => "initializing",
+        _ if status.reconnecting() => "reconnecting",
+        _ if status.closing() => "closing",
+        _ => "closed",
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod inbox;
 pub(crate) mod outbox;
 pub mod publisher;
 pub mod topology;
+pub(crate) mod watchdog;
 
 pub(crate) use connection::{Broker, Session};
 pub(crate) use consumer::{EventHandler, HandleError, HandlerResult};

@@ -296,9 +296,11 @@ impl PrivateBroker {
         Self { dir, url }
     }
 
-    /// SIGKILL the node, as a crash.
-    pub fn kill(&self) {
-        broker_script(&["kill", &self.dir.path().display().to_string()]);
+    /// SIGKILL the node, as a crash. Async, like every script run while roles serve: the
+    /// roles under test share the test's runtime, and a blocking wait here would freeze
+    /// them too (their timers then all fire at once when it returns).
+    pub async fn kill(&self) {
+        run_script(script(), &["kill", &self.dir.path().display().to_string()]).await;
     }
 
     /// rabbitmqctl against the node.
@@ -328,13 +330,24 @@ impl PrivateBroker {
     }
 
     /// Have the node close every client connection (a connection reset).
-    pub fn close_connections(&self) {
-        broker_script(&["close-connections", &self.dir.path().display().to_string()]);
+    pub async fn close_connections(&self) {
+        run_script(
+            script(),
+            &["close-connections", &self.dir.path().display().to_string()],
+        )
+        .await;
+    }
+
+    /// rabbitmqctl against the node, without blocking the roles that share the runtime.
+    pub async fn ctl_async(&self, args: &[&str]) -> String {
+        let mut all = vec!["ctl", self.dir.path().to_str().expect("a path")];
+        all.extend_from_slice(args);
+        run_script(script(), &all).await
     }
 
     /// Start it again from its data directory (same name and port).
-    pub fn restart(&self) {
-        let url = broker_script(&["start", &self.dir.path().display().to_string()]);
+    pub async fn restart(&self) {
+        let url = run_script(script(), &["start", &self.dir.path().display().to_string()]).await;
         assert_eq!(url, self.url);
     }
 }
@@ -353,6 +366,18 @@ fn scripts() -> PathBuf {
 
 fn script() -> PathBuf {
     scripts().join("broker.sh")
+}
+
+/// Run a script to its end without blocking the runtime; its trimmed output.
+async fn run_script(script: PathBuf, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(&script)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .expect("script");
+    assert!(out.status.success(), "{} {args:?} failed", script.display());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn broker_script(args: &[&str]) -> String {
@@ -408,20 +433,22 @@ impl Cluster {
     }
 
     /// SIGKILL node `n`, as a crash.
-    pub fn kill_node(&self, n: usize) {
-        cluster_script(&[
-            "kill-node",
-            &self.dir.path().display().to_string(),
-            &n.to_string(),
-        ]);
+    pub async fn kill_node(&self, n: usize) {
+        let dir = self.dir.path().display().to_string();
+        run_script(
+            scripts().join("cluster.sh"),
+            &["kill-node", &dir, &n.to_string()],
+        )
+        .await;
     }
 
-    pub fn restart_node(&self, n: usize) {
-        cluster_script(&[
-            "restart-node",
-            &self.dir.path().display().to_string(),
-            &n.to_string(),
-        ]);
+    pub async fn restart_node(&self, n: usize) {
+        let dir = self.dir.path().display().to_string();
+        run_script(
+            scripts().join("cluster.sh"),
+            &["restart-node", &dir, &n.to_string()],
+        )
+        .await;
     }
 
     /// The node leading a quorum queue.
