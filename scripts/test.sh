@@ -25,16 +25,24 @@ if cargo nextest --version >/dev/null 2>&1; then
   runner=(cargo nextest run --no-fail-fast --no-tests=pass)
   not_scale=(-E 'not test(/^scale::/)')
   only_scale=(-E 'test(/^scale::/)')
+  broker_kills=(-E 'test(/^faults::broker_killed/)')
 else
   runner=(cargo test --no-fail-fast)
   not_scale=(-- --skip scale::)
   only_scale=(-- scale::)
+  broker_kills=(-- faults::broker_killed)
 fi
 status=0
+# The broker-kill tests run a second time in each pass: a rare failure there (a consumer
+# that stops after a crash) shows twice as often.
 echo "== every test; stores on SQLite" >&2
 "${runner[@]}" --workspace "$@" "${not_scale[@]}" || status=$?
+echo "== the broker-kill tests again; stores on SQLite" >&2
+"${runner[@]}" -p app --test it "$@" "${broker_kills[@]}" || status=$?
 echo "== the integration suite; stores on PostgreSQL" >&2
 TEST_STORE=postgres "${runner[@]}" -p app --test it "$@" "${not_scale[@]}" || status=$?
+echo "== the broker-kill tests again; stores on PostgreSQL" >&2
+TEST_STORE=postgres "${runner[@]}" -p app --test it "$@" "${broker_kills[@]}" || status=$?
 echo "== scaled out: two replicas per role, PostgreSQL, a three-node cluster" >&2
 "${runner[@]}" -p app --test it "$@" "${only_scale[@]}" || status=$?
 exit $status
