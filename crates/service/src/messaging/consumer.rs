@@ -81,6 +81,8 @@ pub(crate) struct Consumer {
 /// Most deliveries applied in one store transaction.
 const MAX_BATCH: usize = 32;
 
+/// The longest the broker may take to open the consumer's channel and attach it.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// A new consumer after a lost one waits this long.
 const REATTACH_PAUSE: Duration = Duration::from_millis(500);
 
@@ -245,6 +247,43 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> lapin::Result<Ended> {
         let mq = self.broker.settings();
+        // Bounded: a broker that never answers the channel open or the consume must not
+        // leave the consumer waiting, unattached, with no monitor to notice.
+        let (channel, tag, deliveries) = tokio::select! {
+            attached = tokio::time::timeout(ATTACH_TIMEOUT, self.attach(session)) => match attached {
+                Ok(attached) => attached?,
+                Err(_) => {
+                    return Ok(Ended::Lost(Lost::new(
+                        Detached::AttachFailed,
+                        format!("the broker did not answer the attach within {ATTACH_TIMEOUT:?}"),
+                    )))
+                }
+            },
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
+        self.broker.consumer_attached(&channel);
+        tracing::info!(service = %mq.service_name, queue = %mq.queue, prefetch = mq.prefetch, session = session.id, channel = channel.id(), consumer = %tag, "consumer attached");
+        let progress = Progress::new();
+        let ended = tokio::select! {
+            ended = self.deliver(session, &channel, &tag, deliveries, shutdown, &progress) => ended,
+            lost = self.monitor(session, &channel, &progress) => Ok(Ended::Lost(lost)),
+        };
+        if !matches!(ended, Ok(Ended::Shutdown)) && channel.status().connected() {
+            // Deliveries this consumer held and did not settle go back to the queue with
+            // its channel; on a connection that is still up the channel must be closed.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                channel.close(200, "consumer replaced".into()),
+            )
+            .await;
+        }
+        ended
+    }
+
+    /// A channel with the prefetch set, consuming the queue (declared again with its
+    /// bindings first).
+    async fn attach(&self, session: &Session) -> lapin::Result<(Channel, String, lapin::Consumer)> {
+        let mq = self.broker.settings();
         let channel = session.connection.create_channel().await?;
         // The queue and its bindings, again: when the consumer is replaced on the same
         // connection, the queue may have been deleted and declared anew without them.
@@ -266,23 +305,7 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        self.broker.consumer_attached(&channel);
-        tracing::info!(service = %mq.service_name, queue = %mq.queue, prefetch = mq.prefetch, session = session.id, channel = channel.id(), consumer = %tag, "consumer attached");
-        let progress = Progress::new();
-        let ended = tokio::select! {
-            ended = self.deliver(session, &channel, &tag, deliveries, shutdown, &progress) => ended,
-            lost = self.monitor(session, &channel, &progress) => Ok(Ended::Lost(lost)),
-        };
-        if !matches!(ended, Ok(Ended::Shutdown)) && channel.status().connected() {
-            // Deliveries this consumer held and did not settle go back to the queue with
-            // its channel; on a connection that is still up the channel must be closed.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                channel.close(200, "consumer replaced".into()),
-            )
-            .await;
-        }
-        ended
+        Ok((channel, tag, deliveries))
     }
 
     /// The delivery loop: take what arrives, in batches of what the prefetch already holds.

@@ -26,9 +26,7 @@ impl Bus {
     }
 
     pub async fn connect_to(url: &str, exchange: &str) -> Self {
-        let conn = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .expect("test connection");
+        let conn = connect(url).await;
         let channel = conn.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -204,9 +202,7 @@ impl Bus {
 /// What the broker says when `url`'s user publishes `routing_key` to `exchange` (confirmed),
 /// `None` when it takes the message.
 pub async fn publish_refusal(url: &str, exchange: &str, routing_key: &str) -> Option<String> {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("connects");
+    let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -233,9 +229,7 @@ pub async fn publish_refusal(url: &str, exchange: &str, routing_key: &str) -> Op
 
 /// What the broker says when `url`'s user reads from `queue`, `None` when it may.
 pub async fn read_refusal(url: &str, queue: &str) -> Option<String> {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("connects");
+    let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
     let outcome = ch
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
@@ -366,6 +360,21 @@ fn scripts() -> PathBuf {
 
 fn script() -> PathBuf {
     scripts().join("broker.sh")
+}
+
+/// A connection for the test itself. Bounded and tried again: lapin's connect was seen to
+/// wait forever without reaching the broker (once in a 40-round soak of the fault tests on
+/// a loaded machine); the roles bound theirs the same way, in the supervisor.
+pub async fn connect(url: &str) -> Connection {
+    for _ in 0..5 {
+        let attempt = Connection::connect(url, ConnectionProperties::default());
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(conn)) => return conn,
+            Ok(Err(e)) => panic!("test connection: {e}"),
+            Err(_) => eprintln!("test connection: no answer within 10 s; trying again"),
+        }
+    }
+    panic!("test connection: five connects without an answer")
 }
 
 /// Run a script to its end without blocking the runtime; its trimmed output.
