@@ -62,7 +62,7 @@ for ((k = 1; k <= rounds; k++)); do
   log="$out/round-$k.log"
   status=0
   if [ "$s" = postgres ]; then export TEST_STORE=postgres; else unset TEST_STORE; fi
-  cargo nextest run -p app --test it --no-fail-fast --no-tests=fail \
+  cargo nextest run -p app --test it --profile soak --no-fail-fast --no-tests=fail \
     --success-output never --failure-output final -E "$filter" >"$log" 2>&1 || status=$?
   stop_hogs
   took=$(( $(date +%s) - started ))
@@ -71,7 +71,8 @@ for ((k = 1; k <= rounds; k++)); do
     line="round $k: pass (hogs $n, $s, ${took}s)"
   else
     failed=$((failed + 1))
-    line="round $k: FAIL (hogs $n, $s, ${took}s) $(grep -E '^\s+FAIL \[' "$log" | sed 's/.*FAIL \[[^]]*\] //' | sort -u | tr '\n' ' ')-> $log"
+    which=$(grep -E '^\s+(FAIL|TIMEOUT|SIG[A-Z]+) \[' "$log" | sed -E 's/.*(FAIL|TIMEOUT|SIG[A-Z]+) \[[^]]*\] /\1 /' | sort -u | tr '\n' ' ' || true)
+    line="round $k: FAIL (hogs $n, $s, ${took}s) ${which}-> $log"
   fi
   echo "$line" | tee -a "$out/summary.txt"
 done
