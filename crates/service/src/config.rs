@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::domain::{word_enum, UnknownWord};
-use crate::roles::Role;
+use crate::system::{self, Role};
 
 /// Where a variable's value comes from when nothing sets it.
 pub enum Default {
@@ -264,7 +264,7 @@ impl Variable {
             Default::PerRole {
                 shown: Some(text), ..
             } => text.to_string(),
-            Default::PerRole { value, shown: None } => crate::roles::ALL
+            Default::PerRole { value, shown: None } => system::ALL
                 .iter()
                 .map(|r| format!("`{}` ({r})", value(r)))
                 .collect::<Vec<_>>()
@@ -601,7 +601,7 @@ impl Settings {
     /// Settings for tools that use only the shared variables (broker, exchange, secret):
     /// loaded as the first role of the registry would load them.
     pub fn shared_from_process_env() -> Result<Self, ConfigError> {
-        Self::from_process_env(crate::roles::ALL[0])
+        Self::from_process_env(system::ALL[0])
     }
 
     /// The signing key, or an error naming the variable when it is required and unset.
@@ -766,7 +766,7 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
         ConfigError::new("MQ_TRUST", format!("{trust:?} is not {}", e.choices()))
     })?;
     let producers = match get("MQ_PRODUCERS") {
-        p if p.is_empty() => crate::roles::ALL
+        p if p.is_empty() => system::ALL
             .iter()
             .map(|r| (r.name.to_string(), r.service_name()))
             .collect(),
@@ -776,8 +776,8 @@ fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Settings, Confi
                 let (role, user) = pair.split_once('=').ok_or_else(|| {
                     ConfigError::new("MQ_PRODUCERS", format!("{pair:?} is not role=user"))
                 })?;
-                let role = crate::roles::find(role.trim())
-                    .map_err(|e| ConfigError::new("MQ_PRODUCERS", e))?;
+                let role =
+                    system::find(role.trim()).map_err(|e| ConfigError::new("MQ_PRODUCERS", e))?;
                 Ok((role.name.to_string(), user.trim().to_string()))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?,
@@ -1001,7 +1001,7 @@ mod tests {
     use super::*;
 
     fn election() -> Role {
-        crate::roles::find("election").unwrap()
+        system::find("election").unwrap()
     }
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
@@ -1234,7 +1234,7 @@ mod tests {
 
     #[test]
     fn every_default_parses() {
-        for role in crate::roles::ALL {
+        for role in system::ALL {
             let s = Settings::load(role, &HashMap::new(), Path::new("/nonexistent")).unwrap();
             assert_eq!(s.http_port, role.default_port);
             assert_eq!(s.mq.service_name, role.service_name());

@@ -1,6 +1,6 @@
 //! The event catalogue (docs/architecture.md §3): every routing key with its payload type,
 //! declared once. Which role publishes and which consume an event is declared by the roles
-//! themselves ([`crate::roles::Role::publishes`], [`crate::roles::Role::consumes`]) and
+//! themselves ([`crate::system::RoleDef::publishes`], [`crate::system::RoleDef::consumes`]) and
 //! read back here through [`EventType::producers`] and [`EventType::consumers`].
 
 use std::collections::BTreeMap;
@@ -12,7 +12,6 @@ use serde_json::Value;
 
 use crate::domain::{MeetingRole, Outcome};
 use crate::envelope::DecodeError;
-use crate::roles::{self, Role};
 
 /// Declares the catalogue: the `EventType` names, the typed `Event`, and the mapping
 /// between routing keys, payload types and the two.
@@ -101,22 +100,6 @@ impl EventType {
     /// The catalogue entry for a routing key.
     pub fn from_routing_key(key: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.routing_key() == key)
-    }
-
-    /// The roles that publish this event.
-    pub fn producers(self) -> impl Iterator<Item = Role> {
-        roles::ALL
-            .iter()
-            .copied()
-            .filter(move |r| r.publishes.contains(&self))
-    }
-
-    /// The roles that consume this event.
-    pub fn consumers(self) -> impl Iterator<Item = Role> {
-        roles::ALL
-            .iter()
-            .copied()
-            .filter(move |r| r.consumes.contains(&self))
     }
 }
 
@@ -222,24 +205,5 @@ mod tests {
     fn an_unknown_type_is_named() {
         let err = Event::from_parts("meeting.deleted", &Value::Null).unwrap_err();
         assert_eq!(err, DecodeError::UnknownType("meeting.deleted".into()));
-    }
-
-    #[test]
-    fn the_readme_event_table_follows_the_catalogue() {
-        let readme = include_str!("../../../README.md");
-        for t in EventType::ALL {
-            let start = format!("| `{}` |", t.routing_key());
-            let row = readme
-                .lines()
-                .find(|l| l.starts_with(&start))
-                .unwrap_or_else(|| panic!("README.md has no row for {t}"));
-            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-            let names =
-                |roles: Vec<Role>| roles.iter().map(|r| r.name).collect::<Vec<_>>().join(", ");
-            let mut consumers: Vec<Role> = t.consumers().collect();
-            consumers.sort_by_key(|r| r.name);
-            assert_eq!(cells[2], names(t.producers().collect()), "producer of {t}");
-            assert_eq!(cells[3], names(consumers), "consumers of {t}");
-        }
     }
 }

@@ -3,8 +3,8 @@
 //! no event is lost, doubled or looped on. docs/architecture.md describes the design and
 //! where each part lives.
 //!
-//! The public surface is small: [`run`] a [`Role`] from its [`Settings`]; the [`roles`]
-//! registry; the [`envelope`] and [`events`] of the wire contract with the [`domain`] words
+//! The public surface is small: [`run`] a [`Role`] from its [`Settings`]; the [`system`]'s
+//! map of the roles (re-exported by [`roles`]); the [`envelope`] and [`events`] of the wire contract with the [`domain`] words
 //! they carry; and, for the operator commands and tools that speak to the broker the way
 //! the services do, [`messaging`]'s names, headers and publisher. Everything else is private
 //! to the crate.
@@ -18,10 +18,11 @@ pub mod messaging;
 pub mod roles;
 pub mod shutdown;
 mod store;
+pub mod system;
 pub mod telemetry;
 
 pub use config::Settings;
-pub use roles::Role;
+pub use system::Role;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -17,8 +17,6 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Database, Decode, Encode, Transaction, Type};
 
-use crate::roles::Role;
-
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -96,7 +94,11 @@ pub(crate) struct Store {
 
 impl Store {
     /// Open (creating a SQLite file when missing) and migrate the role's database.
-    pub(crate) async fn open(url: &str, pool_size: u32, role: Role) -> anyhow::Result<Self> {
+    pub(crate) async fn open(
+        url: &str,
+        pool_size: u32,
+        migrations: &[&'static Migrations],
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url)
             .ok_or_else(|| anyhow::anyhow!("DATABASE_URL: not a sqlite: or postgres:// URL"))?;
@@ -140,15 +142,14 @@ impl Store {
                 )
             })?;
         let store = Self { pool, dialect, url };
-        store.migrate(role).await?;
+        store.migrate(migrations).await?;
         Ok(store)
     }
 
     /// Apply the role's migration sets, after checking that the database holds no
     /// migration this build does not know (a newer build ran on it).
-    async fn migrate(&self, role: Role) -> anyhow::Result<()> {
-        let known: BTreeSet<i64> = role
-            .migrations
+    async fn migrate(&self, migrations: &[&'static Migrations]) -> anyhow::Result<()> {
+        let known: BTreeSet<i64> = migrations
             .iter()
             .flat_map(|m| m.for_dialect(self.dialect).iter().map(|m| m.version))
             .collect();
@@ -159,7 +160,7 @@ impl Store {
                 known.iter().max().copied().unwrap_or(0)
             );
         }
-        for set in role.migrations {
+        for set in migrations {
             let mut migrator = Migrator {
                 migrations: set.for_dialect(self.dialect).migrations.clone(),
                 ..Migrator::DEFAULT
@@ -414,9 +415,7 @@ mod tests {
     async fn a_begin_cancelled_at_any_point_leaves_the_store_usable() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/c.db", dir.path().display());
-        let store = Store::open(&url, 1, crate::roles::find("meeting").unwrap())
-            .await
-            .unwrap();
+        let store = Store::open(&url, 1, &[&COMMON]).await.unwrap();
         for round in 0..2000u64 {
             // Poll the begin a few times, the worker thread running between polls for a
             // few microseconds more each round, and drop it: cancelled across its whole
@@ -438,16 +437,6 @@ mod tests {
                 .unwrap_or_else(|_| panic!("round {round}: the next begin waited 5 s"))
                 .unwrap_or_else(|e| panic!("round {round}: the next begin failed: {e}"));
             next.commit().await.unwrap();
-        }
-    }
-
-    #[test]
-    fn both_dialects_know_the_same_versions() {
-        for role in crate::roles::ALL {
-            for set in role.migrations {
-                let versions = |m: &Migrator| m.iter().map(|m| m.version).collect::<Vec<_>>();
-                assert_eq!(versions(&set.sqlite), versions(&set.postgres), "{role}");
-            }
         }
     }
 }

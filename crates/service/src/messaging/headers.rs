@@ -144,7 +144,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let election = crate::roles::find("election").unwrap();
+        let election = crate::system::find("election").unwrap();
         Settings::load(election, &env, std::path::Path::new("/nonexistent"))
             .unwrap()
             .mq

@@ -53,7 +53,7 @@ pub fn ingress_keys<'a>(
     mq: &'a MqSettings,
     user: &'a str,
 ) -> impl Iterator<Item = &'static str> + 'a {
-    crate::roles::ALL
+    crate::system::ALL
         .iter()
         .filter(move |role| {
             mq.producers

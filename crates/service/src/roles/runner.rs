@@ -20,12 +20,17 @@ pub(crate) async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let role = settings.role;
+    let role = super::behaviour(settings.role)?;
     let service = settings.mq.service_name.clone();
     // Install the recorder before anything records: metrics sent earlier would be lost.
     crate::telemetry::prometheus();
     let auth = Auth::new(settings.jwt_secret()?, settings.auth_leeway);
-    let store = Store::open(&settings.database_url, settings.database_pool_size, role).await?;
+    let store = Store::open(
+        &settings.database_url,
+        settings.database_pool_size,
+        role.migrations,
+    )
+    .await?;
 
     // Two stages: intake (HTTP and consumer) stops first; the relay and the connection
     // stay up until what intake committed has been flushed.

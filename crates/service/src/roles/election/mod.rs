@@ -5,23 +5,12 @@ mod api;
 mod handlers;
 mod store;
 
-use super::RoleDef;
-use crate::events::EventType;
+use super::Behaviour;
 use crate::store::{Migrations, COMMON};
 
-/// The election role's definition.
-pub static ROLE: RoleDef = RoleDef {
-    name: "election",
-    about: "Run the election service: nominations, and the result of each ballot",
-    default_port: 8082,
-    consumes: &[
-        EventType::ElectionCreate,
-        EventType::ElectionStart,
-        EventType::VotingCompleted,
-        EventType::PermissionGranted,
-        EventType::PermissionRevoked,
-    ],
-    publishes: &[EventType::VotingCreate, EventType::ElectionFinalized],
+/// What the election role does.
+pub(super) static BEHAVIOUR: Behaviour = Behaviour {
+    role: &crate::system::ELECTION,
     router: api::router,
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],

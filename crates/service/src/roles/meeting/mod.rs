@@ -5,17 +5,12 @@ mod api;
 mod handlers;
 mod store;
 
-use super::RoleDef;
-use crate::events::EventType;
+use super::Behaviour;
 use crate::store::{Migrations, COMMON};
 
-/// The meeting role's definition.
-pub static ROLE: RoleDef = RoleDef {
-    name: "meeting",
-    about: "Run the meeting service: meetings and their agendas; asks for elections and records their results",
-    default_port: 8081,
-    consumes: &[EventType::ElectionFinalized, EventType::PermissionGranted, EventType::PermissionRevoked],
-    publishes: &[EventType::MeetingCreated, EventType::ElectionCreate, EventType::ElectionStart],
+/// What the meeting role does.
+pub(super) static BEHAVIOUR: Behaviour = Behaviour {
+    role: &crate::system::MEETING,
     router: api::router,
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],

@@ -5,17 +5,12 @@ mod api;
 mod handlers;
 mod store;
 
-use super::RoleDef;
-use crate::events::EventType;
+use super::Behaviour;
 use crate::store::{Migrations, COMMON};
 
-/// The permission role's definition.
-pub static ROLE: RoleDef = RoleDef {
-    name: "permission",
-    about: "Run the permission service: who manages each meeting",
-    default_port: 8084,
-    consumes: &[EventType::MeetingCreated],
-    publishes: &[EventType::PermissionGranted, EventType::PermissionRevoked],
+/// What the permission role does.
+pub(super) static BEHAVIOUR: Behaviour = Behaviour {
+    role: &crate::system::PERMISSION,
     router: api::router,
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&COMMON, &MIGRATIONS],

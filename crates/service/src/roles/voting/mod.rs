@@ -5,21 +5,12 @@ mod api;
 mod handlers;
 mod store;
 
-use super::RoleDef;
-use crate::events::EventType;
+use super::Behaviour;
 use crate::store::{Migrations, COMMON};
 
-/// The voting role's definition.
-pub static ROLE: RoleDef = RoleDef {
-    name: "voting",
-    about: "Run the voting service: ballots, one vote per user, the tally when closed",
-    default_port: 8083,
-    consumes: &[
-        EventType::VotingCreate,
-        EventType::PermissionGranted,
-        EventType::PermissionRevoked,
-    ],
-    publishes: &[EventType::VotingCompleted],
+/// What the voting role does.
+pub(super) static BEHAVIOUR: Behaviour = Behaviour {
+    role: &crate::system::VOTING,
     router: api::router,
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],
