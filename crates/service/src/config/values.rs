@@ -1,0 +1,179 @@
+//! The typed values configuration is parsed into — the broker's URIs, secrets, the word
+//! enums — and the error that names a bad variable.
+
+use super::*;
+
+/// The key of development mode (`app all --dev`, `app token --dev`, `app walk --dev`), which
+/// also listens on loopback only. Never used unless asked for.
+pub const DEV_JWT_SECRET: &str = "development-mode-only-key-never-in-production";
+
+/// The shortest `AUTH_JWT_SECRET` accepted.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A configuration problem, phrased for a one-line startup error.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(variable: &str, message: impl Into<String>) -> Self {
+        Self {
+            variable: variable.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A string that never shows itself in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+/// The broker's URIs: one node, or several nodes of a cluster (comma-separated), tried in
+/// turn. `Display` and `Debug` show them with the passwords masked.
+#[derive(Clone)]
+pub struct AmqpUrl {
+    nodes: Vec<(Secret, String)>,
+    user: String,
+}
+
+impl AmqpUrl {
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        let invalid = || {
+            ConfigError::new(
+                "AMQP_URL",
+                "not a valid AMQP URI (expected amqp://user:pass@host:port/vhost or amqps://…, \
+                 several separated by commas for a cluster)",
+            )
+        };
+        let mut nodes = Vec::new();
+        for one in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let uri = lapin::uri::AMQPUri::from_str(one).map_err(|_| invalid())?;
+            let scheme = if one.starts_with("amqps://") {
+                "amqps"
+            } else {
+                "amqp"
+            };
+            let vhost = uri.vhost.replace('/', "%2f");
+            let redacted = format!(
+                "{scheme}://{}:****@{}:{}/{vhost}",
+                uri.authority.userinfo.username, uri.authority.host, uri.authority.port
+            );
+            nodes.push((Secret::new(one), redacted));
+        }
+        if nodes.is_empty() {
+            return Err(invalid());
+        }
+        let users: std::collections::BTreeSet<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .filter_map(|one| lapin::uri::AMQPUri::from_str(one).ok())
+            .map(|uri| uri.authority.userinfo.username)
+            .collect();
+        if users.len() != 1 {
+            return Err(ConfigError::new(
+                "AMQP_URL",
+                "every node must be reached as the same broker user",
+            ));
+        }
+        let user = users.into_iter().next().unwrap_or_default();
+        Ok(Self { nodes, user })
+    }
+
+    /// The first node's full URI, password included: pass it to the client library only.
+    pub fn expose(&self) -> &str {
+        self.nodes[0].0.expose()
+    }
+
+    /// The broker user the role connects as: its identity on the bus.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: a URL has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i` (modulo the count): its full URI, and how to show it.
+    pub fn node(&self, i: usize) -> (&str, &str) {
+        let (raw, shown) = &self.nodes[i % self.nodes.len()];
+        (raw.expose(), shown)
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<&str> = self.nodes.iter().map(|(_, s)| s.as_str()).collect();
+        f.write_str(&shown.join(","))
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({self})")
+    }
+}
+
+word_enum! {
+    /// RabbitMQ queue type for the role's queues (main, retry and dead-letter).
+    QueueType {
+        Classic = "classic",
+        Quorum = "quorum",
+    }
+}
+
+word_enum! {
+    /// Whom a consumer believes: anyone who can publish (`open`, for a laptop with one
+    /// broker user), or only each event's producers, by their broker user (`strict`).
+    Trust {
+        Open = "open",
+        Strict = "strict",
+    }
+}
+
+word_enum! {
+    /// The kind of the shared exchange.
+    ExchangeType {
+        Topic = "topic",
+        Direct = "direct",
+        Fanout = "fanout",
+        Headers = "headers",
+    }
+}
+
+impl ExchangeType {
+    /// The client library's name for it.
+    pub fn kind(self) -> lapin::ExchangeKind {
+        match self {
+            ExchangeType::Topic => lapin::ExchangeKind::Topic,
+            ExchangeType::Direct => lapin::ExchangeKind::Direct,
+            ExchangeType::Fanout => lapin::ExchangeKind::Fanout,
+            ExchangeType::Headers => lapin::ExchangeKind::Headers,
+        }
+    }
+}

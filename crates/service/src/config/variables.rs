@@ -1,0 +1,306 @@
+//! The variable table: each configuration variable's name, meaning and default, written
+//! once; `--help` and the README's table are made from it.
+
+use super::*;
+
+/// Where a variable's value comes from when nothing sets it.
+pub enum Default {
+    /// Unset means absent; the text says what that means.
+    Absent(&'static str),
+    /// The same for every role.
+    Fixed(&'static str),
+    /// Depends on the role. `shown` describes it in the docs when listing each role's
+    /// value would not read well.
+    PerRole {
+        value: fn(Role) -> String,
+        shown: Option<&'static str>,
+    },
+}
+
+/// Who reads a variable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The same for every role of a process.
+    Shared,
+    /// Names one role's own resources; `app all` takes it from `config/<role>.toml` or the
+    /// role's default instead of the environment (four roles cannot share a queue, a port
+    /// or a database).
+    PerRole,
+    /// Read by the log setup, not by [`Settings`].
+    Logging,
+}
+
+/// One configuration variable: the single place its name, meaning and default are written.
+/// The loader, `--help` and the README's table are all made from [`VARIABLES`].
+pub struct Variable {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub default: Default,
+    pub scope: Scope,
+}
+
+/// Every variable, in the order the docs list them.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "AMQP_URL",
+        help: "broker URI, `amqp://user:pass@host:port/vhost` (`amqps://` for TLS); for a cluster, one per node separated by commas, tried in turn",
+        default: Default::Fixed("amqp://guest:guest@localhost:5672/%2f"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_EXCHANGE",
+        help: "the shared exchange",
+        default: Default::Fixed("events"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_EXCHANGE_TYPE",
+        help: "exchange type: `topic`, `direct`, `fanout` or `headers`",
+        default: Default::Fixed("topic"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "SERVICE_NAME",
+        help: "producer name in the envelope; default queue name",
+        default: Default::PerRole {
+            value: |r| r.service_name(),
+            shown: None,
+        },
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "MQ_QUEUE",
+        help: "this service's durable queue",
+        default: Default::Absent("`SERVICE_NAME`"),
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "MQ_BINDINGS",
+        help: "comma-separated routing keys bound to the queue",
+        default: Default::PerRole {
+            value: |r| r.default_bindings().join(","),
+            shown: Some("the events the role consumes (see the event table)"),
+        },
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "MQ_TRUST",
+        help: "`open`: events are believed from any broker user; `strict`: only from the broker users of each event's producers (`MQ_PRODUCERS`), checked on the broker-verified AMQP `user_id`",
+        default: Default::Fixed("open"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_PRODUCERS",
+        help: "the broker user each role publishes as, `role=user` comma-separated (a role may be listed twice)",
+        default: Default::Absent("each role's default `SERVICE_NAME` (`meeting=meeting-service`, …)"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_INGRESS",
+        help: "producers of `MQ_PRODUCERS` that cannot stamp `user_id` (the Python `mq.py`), comma-separated: each publishes to its own exchange `<MQ_EXCHANGE>.from.<user>`, which only it may write to, and is believed by that exchange (`app topology ingress` declares it)",
+        default: Default::Absent("none"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_PREFETCH",
+        help: "consumer prefetch",
+        default: Default::Fixed("64"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_QUEUE_TYPE",
+        help: "`classic` or `quorum`, for the queue, its retry queues and its dead-letter queue",
+        default: Default::Fixed("classic"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_DELIVERY_LIMIT",
+        help: "quorum queues: deliveries of one message before the broker itself parks it in the dead-letter queue, so a message that crashes its consumer cannot loop",
+        default: Default::Fixed("20"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_MAX_MESSAGE_BYTES",
+        help: "the largest message a consumer reads; a larger one is parked unread",
+        default: Default::Fixed("1048576"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_CONSUMER_CHECK",
+        help: "how often the consumer asks the broker whether it still lists a consumer on the queue (a passive declare); none listed means re-attach",
+        default: Default::Fixed("5s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_CONSUMER_WATCHDOG",
+        help: "how long the queue may hold messages ready for delivery while the consumer receives and settles none, before the consumer is recreated",
+        default: Default::Fixed("30s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MQ_RETRY_DELAYS",
+        help: "delay before each retry of a failed event; after the last it is parked",
+        default: Default::Fixed("1s,5s,30s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_ADDR",
+        help: "listen address",
+        default: Default::Fixed("0.0.0.0"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_PORT",
+        help: "listen port",
+        default: Default::PerRole {
+            value: |r| r.default_port.to_string(),
+            shown: None,
+        },
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "HTTP_MAX_CONNECTIONS",
+        help: "HTTP connections open at once; more wait in the listen backlog",
+        default: Default::Fixed("1024"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_HEADER_TIMEOUT",
+        help: "how long a client may take to send a request's headers before the connection is closed",
+        default: Default::Fixed("10s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_REQUEST_TIMEOUT",
+        help: "how long a request may take, body included, before it is answered 408",
+        default: Default::Fixed("30s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "HTTP_MAX_BODY_BYTES",
+        help: "the largest request body accepted (413 above it)",
+        default: Default::Fixed("65536"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "DATABASE_URL",
+        help: "the role's store: `sqlite://FILE` (embedded) or `postgres://user:pass@host/db` (one database per role, shared by its replicas)",
+        default: Default::PerRole {
+            value: |r| format!("sqlite://data/{}.db", r.name),
+            shown: Some("`sqlite://data/<role>.db`"),
+        },
+        scope: Scope::PerRole,
+    },
+    Variable {
+        name: "DATABASE_POOL_SIZE",
+        help: "connections to a PostgreSQL store (SQLite always uses one)",
+        default: Default::Fixed("10"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "MAX_CANDIDATES",
+        help: "the election role: candidates one election may have",
+        default: Default::Fixed("50"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "AUTH_JWT_SECRET",
+        help: "HS256 key for bearer tokens, at least 32 bytes",
+        default: Default::Absent(
+            "none: required; only development mode (`app all --dev`) runs without it, on loopback",
+        ),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "AUTH_LEEWAY",
+        help: "clock skew allowed on a token's `exp` and `nbf`",
+        default: Default::Fixed("5s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "CORS_ALLOWED_ORIGINS",
+        help: "comma-separated origins of the browser front end",
+        default: Default::Absent("none (no CORS headers)"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "SHUTDOWN_GRACE",
+        help: "how long shutdown may take to finish work in hand and flush the outbox",
+        default: Default::Fixed("10s"),
+        scope: Scope::Shared,
+    },
+    Variable {
+        name: "LOG_FORMAT",
+        help: "`text` or `json`",
+        default: Default::Fixed("text"),
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "RUST_LOG",
+        help: "log level filter",
+        default: Default::Fixed("info"),
+        scope: Scope::Logging,
+    },
+];
+
+impl Variable {
+    /// The default as the docs show it, in Markdown.
+    fn shown_default(&self) -> String {
+        match &self.default {
+            Default::Absent(text) => text.to_string(),
+            Default::Fixed(value) => format!("`{value}`"),
+            Default::PerRole {
+                shown: Some(text), ..
+            } => text.to_string(),
+            Default::PerRole { value, shown: None } => system::ALL
+                .iter()
+                .map(|r| format!("`{}` ({r})", value(r)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// Names of the variables [`Settings`] reads, per-role ones included.
+pub(super) fn settings_variables() -> impl Iterator<Item = &'static Variable> {
+    VARIABLES.iter().filter(|v| v.scope != Scope::Logging)
+}
+
+/// Whether `app all` ignores `name` in the environment (see [`Scope::PerRole`]).
+pub fn is_per_role(name: &str) -> bool {
+    VARIABLES
+        .iter()
+        .any(|v| v.name == name && v.scope == Scope::PerRole)
+}
+
+/// The variables as `--help` lists them.
+pub fn help() -> String {
+    let mut out = String::from(
+        "Configuration (environment variables; also config/default.toml and config/<role>.toml,\n\
+         keys in lower case; CONFIG_DIR moves that folder):\n",
+    );
+    for v in VARIABLES {
+        let plain = |s: &str| s.replace('`', "");
+        out.push_str(&format!(
+            "  {:<21} {} [default: {}]\n",
+            v.name,
+            plain(v.help),
+            plain(&v.shown_default())
+        ));
+    }
+    out
+}
+
+/// The variables as the README's Markdown table.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| variable | meaning | default |\n|---|---|---|\n");
+    for v in VARIABLES {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            v.name,
+            v.help,
+            v.shown_default()
+        ));
+    }
+    out
+}
