@@ -7,7 +7,6 @@
 //! original is acked, so nothing is dropped on the way.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -15,7 +14,6 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
@@ -28,7 +26,7 @@ use crate::messaging::decision::{decide, Decision, Handled, ParkReason};
 use crate::messaging::inbox::Recorded;
 use crate::messaging::outbox::{Outbox, Work};
 use crate::messaging::publisher::{self, Published};
-use crate::messaging::watchdog::{self, Detached, QueueCheck, Verdict};
+use crate::messaging::watchdog::{connection_state, monitor, Detached, Lost, Progress};
 use crate::messaging::{headers, inbox, topology, Broker, Session};
 use crate::store::{is_retryable, race_backoff, RACE_RETRIES};
 use crate::telemetry::{short, Chain};
@@ -91,19 +89,9 @@ enum Ended {
     Lost(Lost),
 }
 
-/// Why a consumer stopped receiving.
-struct Lost {
-    reason: Detached,
-    detail: String,
-}
-
-impl Lost {
-    fn new(reason: Detached, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-        }
-    }
+enum Applied {
+    Applied,
+    Duplicate,
 }
 
 /// The delivery stream ended: the consumer alone when its channel is still open, or the
@@ -115,63 +103,6 @@ fn stream_ended(channel: &Channel, detail: &str) -> Ended {
         Detached::ChannelClosed
     };
     Ended::Lost(Lost::new(reason, detail))
-}
-
-/// When the consumer last received or settled a delivery (or attached).
-struct Progress {
-    since: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self {
-            since: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        self.since
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// Ready messages and consumers of `queue`, by a passive declare on a channel of its own
-/// (a missing queue closes the channel it is asked on).
-async fn check_queue(session: &Session, queue: &str) -> lapin::Result<QueueCheck> {
-    let channel = session.connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let answer = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await;
-    if channel.status().connected() {
-        let _ = channel.close(200, "checked".into()).await;
-    }
-    let q = answer?;
-    Ok(QueueCheck {
-        ready: q.message_count(),
-        consumers: q.consumer_count(),
-    })
-}
-
-/// Whether the broker answered 404 NOT_FOUND (the queue does not exist).
-fn is_not_found(e: &lapin::Error) -> bool {
-    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
-}
-
-enum Applied {
-    Applied,
-    Duplicate,
 }
 
 /// The metric label for an event type read off the wire (bounded to the catalogue).
@@ -266,7 +197,7 @@ impl Consumer {
         let progress = Progress::new();
         let ended = tokio::select! {
             ended = self.deliver(session, &channel, &tag, deliveries, shutdown, &progress) => ended,
-            lost = self.monitor(session, &channel, &progress) => Ok(Ended::Lost(lost)),
+            lost = monitor(mq, session, &channel, &progress) => Ok(Ended::Lost(lost)),
         };
         if !matches!(ended, Ok(Ended::Shutdown)) && channel.status().connected() {
             // Deliveries this consumer held and did not settle go back to the queue with
@@ -397,79 +328,6 @@ impl Consumer {
             }
             if let Some(ended) = ended {
                 return Ok(ended);
-            }
-        }
-    }
-
-    /// Ask the broker every `MQ_CONSUMER_CHECK` whether this consumer can still receive
-    /// ([`watchdog::judge`]); resolves with the reason once it cannot.
-    async fn monitor(&self, session: &Session, channel: &Channel, progress: &Progress) -> Lost {
-        let mq = self.broker.settings();
-        let mut tick = tokio::time::interval(mq.consumer_check);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        let mut failures = 0;
-        loop {
-            tick.tick().await;
-            if !channel.status().connected() {
-                return Lost::new(Detached::ChannelClosed, "the consumer's channel is closed");
-            }
-            let answer = tokio::time::timeout(
-                mq.consumer_check.max(Duration::from_secs(2)),
-                check_queue(session, &mq.queue),
-            )
-            .await;
-            let check = match answer {
-                Ok(Ok(check)) => check,
-                Ok(Err(e)) if is_not_found(&e) => {
-                    return Lost::new(Detached::QueueMissing, format!("the queue is gone: {e}"));
-                }
-                Ok(Err(e)) => {
-                    failures += 1;
-                    tracing::debug!(session = session.id, failures, error = %e, "consumer: queue check failed");
-                    if failures >= watchdog::CHECK_FAILURES {
-                        return Lost::new(
-                            Detached::CheckFailed,
-                            format!("{failures} queue checks failed, the last: {e}"),
-                        );
-                    }
-                    continue;
-                }
-                Err(_) => {
-                    failures += 1;
-                    tracing::debug!(
-                        session = session.id,
-                        failures,
-                        "consumer: queue check got no answer"
-                    );
-                    if failures >= watchdog::CHECK_FAILURES {
-                        return Lost::new(
-                            Detached::CheckFailed,
-                            format!("{failures} queue checks got no answer"),
-                        );
-                    }
-                    continue;
-                }
-            };
-            failures = 0;
-            let idle = progress.idle();
-            tracing::debug!(session = session.id, ready = check.ready, consumers = check.consumers, idle = ?idle,
-                connection = connection_state(&session.connection), channel = channel_state(channel), "consumer: queue checked");
-            match watchdog::judge(check, idle, mq.consumer_watchdog) {
-                Verdict::Healthy => {}
-                Verdict::NotListed => {
-                    return Lost::new(
-                        Detached::NotListed,
-                        "the broker lists no consumer on the queue",
-                    );
-                }
-                Verdict::Stalled { ready, idle } => {
-                    metrics::counter!("consumer_stalls_total", "service" => mq.service_name.clone()).increment(1);
-                    return Lost::new(
-                        Detached::Stalled,
-                        format!("{ready} messages ready on the queue and nothing received or settled for {:.0}s", idle.as_secs_f64()),
-                    );
-                }
             }
         }
     }
@@ -770,31 +628,6 @@ impl Consumer {
                     .map(|_| ())
             }
         }
-    }
-}
-
-/// A connection's state, for the logs.
-pub(crate) fn connection_state(connection: &lapin::Connection) -> &'static str {
-    let status = connection.status();
-    match () {
-        _ if status.connected() => "connected",
-        _ if status.connecting() => "connecting",
-        _ if status.reconnecting() => "reconnecting",
-        _ if status.closing() => "closing",
-        _ if status.errored() => "errored",
-        _ => "closed",
-    }
-}
-
-/// A channel's state, for the logs.
-pub(crate) fn channel_state(channel: &lapin::Channel) -> &'static str {
-    let status = channel.status();
-    match () {
-        _ if status.connected() => "connected",
-        _ if status.initializing() => "initializing",
-        _ if status.reconnecting() => "reconnecting",
-        _ if status.closing() => "closing",
-        _ => "closed",
     }
 }
 

@@ -1,13 +1,22 @@
-//! Whether an attached consumer can still receive (docs/architecture.md §5): the verdict on
-//! what the broker says of the queue and what the consumer itself has seen, as pure logic.
+//! Whether an attached consumer can still receive (docs/architecture.md §5): the monitor
+//! that asks the broker about the queue, and the verdict on what it answers and what the
+//! consumer itself has seen ([`judge`], pure logic).
 //!
 //! A consumer that looks attached can still be cut off: the broker may have dropped it (a
 //! queue deleted and declared again, a cancel the client missed) while the channel stays
 //! open, or deliveries may stop reaching it. The consumer's monitor asks the broker every
 //! `MQ_CONSUMER_CHECK` for the queue's ready messages and consumers (a passive declare) and
-//! acts on [`judge`]'s verdict.
+//! acts on [`judge`]'s verdict; [`monitor`] is that loop.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::Channel;
+
+use crate::config::MqSettings;
+use crate::messaging::Session;
 
 /// What a passive declare of the queue answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +106,176 @@ impl Detached {
 
 /// Unanswered queue checks in a row before the connection is presumed dead.
 pub(crate) const CHECK_FAILURES: u32 = 3;
+
+/// Why a consumer stopped receiving.
+pub(crate) struct Lost {
+    pub(crate) reason: Detached,
+    pub(crate) detail: String,
+}
+
+impl Lost {
+    pub(crate) fn new(reason: Detached, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// When the consumer last received or settled a delivery (or attached).
+pub(crate) struct Progress {
+    since: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        self.last_ms
+            .store(self.since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn idle(&self) -> Duration {
+        self.since
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Ready messages and consumers of `queue`, by a passive declare on a channel of its own
+/// (a missing queue closes the channel it is asked on).
+async fn check_queue(session: &Session, queue: &str) -> lapin::Result<QueueCheck> {
+    let channel = session.connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let answer = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "checked".into()).await;
+    }
+    let q = answer?;
+    Ok(QueueCheck {
+        ready: q.message_count(),
+        consumers: q.consumer_count(),
+    })
+}
+
+/// Whether the broker answered 404 NOT_FOUND (the queue does not exist).
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+}
+
+/// Ask the broker every `MQ_CONSUMER_CHECK` whether this consumer can still receive
+/// ([`judge`]); resolves with the reason once it cannot.
+pub(crate) async fn monitor(
+    mq: &MqSettings,
+    session: &Session,
+    channel: &Channel,
+    progress: &Progress,
+) -> Lost {
+    let mut tick = tokio::time::interval(mq.consumer_check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut failures = 0;
+    loop {
+        tick.tick().await;
+        if !channel.status().connected() {
+            return Lost::new(Detached::ChannelClosed, "the consumer's channel is closed");
+        }
+        let answer = tokio::time::timeout(
+            mq.consumer_check.max(Duration::from_secs(2)),
+            check_queue(session, &mq.queue),
+        )
+        .await;
+        let check = match answer {
+            Ok(Ok(check)) => check,
+            Ok(Err(e)) if is_not_found(&e) => {
+                return Lost::new(Detached::QueueMissing, format!("the queue is gone: {e}"));
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                tracing::debug!(session = session.id, failures, error = %e, "consumer: queue check failed");
+                if failures >= CHECK_FAILURES {
+                    return Lost::new(
+                        Detached::CheckFailed,
+                        format!("{failures} queue checks failed, the last: {e}"),
+                    );
+                }
+                continue;
+            }
+            Err(_) => {
+                failures += 1;
+                tracing::debug!(
+                    session = session.id,
+                    failures,
+                    "consumer: queue check got no answer"
+                );
+                if failures >= CHECK_FAILURES {
+                    return Lost::new(
+                        Detached::CheckFailed,
+                        format!("{failures} queue checks got no answer"),
+                    );
+                }
+                continue;
+            }
+        };
+        failures = 0;
+        let idle = progress.idle();
+        tracing::debug!(session = session.id, ready = check.ready, consumers = check.consumers, idle = ?idle,
+            connection = connection_state(&session.connection), channel = channel_state(channel), "consumer: queue checked");
+        match judge(check, idle, mq.consumer_watchdog) {
+            Verdict::Healthy => {}
+            Verdict::NotListed => {
+                return Lost::new(
+                    Detached::NotListed,
+                    "the broker lists no consumer on the queue",
+                );
+            }
+            Verdict::Stalled { ready, idle } => {
+                metrics::counter!("consumer_stalls_total", "service" => mq.service_name.clone())
+                    .increment(1);
+                return Lost::new(
+                    Detached::Stalled,
+                    format!("{ready} messages ready on the queue and nothing received or settled for {:.0}s", idle.as_secs_f64()),
+                );
+            }
+        }
+    }
+}
+
+/// A connection's state, for the logs.
+pub(crate) fn connection_state(connection: &lapin::Connection) -> &'static str {
+    let status = connection.status();
+    match () {
+        _ if status.connected() => "connected",
+        _ if status.connecting() => "connecting",
+        _ if status.reconnecting() => "reconnecting",
+        _ if status.closing() => "closing",
+        _ if status.errored() => "errored",
+        _ => "closed",
+    }
+}
+
+/// A channel's state, for the logs.
+pub(crate) fn channel_state(channel: &lapin::Channel) -> &'static str {
+    let status = channel.status();
+    match () {
+        _ if status.connected() => "connected",
+        _ if status.initializing() => "initializing",
+        _ if status.reconnecting() => "reconnecting",
+        _ if status.closing() => "closing",
+        _ => "closed",
+    }
+}
 
 #[cfg(test)]
 mod tests {

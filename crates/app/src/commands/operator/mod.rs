@@ -1,0 +1,50 @@
+//! Operator commands: publish and tail events, inspect and replay dead letters, verify the
+//! topology. They use the same configuration as the services.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+
+use meeting_events::config::{ConfigError, ExchangeType, MqSettings, Settings};
+use meeting_events::envelope::{now_rfc3339, Envelope, EVENT_VERSION};
+use meeting_events::messaging::headers;
+use meeting_events::messaging::publisher::{self, Published};
+use meeting_events::messaging::topology;
+use meeting_events::telemetry::short;
+use meeting_events::Role;
+
+use super::Failure;
+
+mod broker_topology;
+mod dlq;
+mod events;
+
+pub(crate) use broker_topology::{ingress, permissions, verify_command};
+pub(crate) use dlq::{dlq_list, dlq_replay};
+use events::{describe, preview};
+pub(crate) use events::{publish, tail};
+
+pub(super) async fn connect(mq: &MqSettings) -> anyhow::Result<Connection> {
+    // Each node of the cluster in turn, until one answers.
+    let mut last = None;
+    for i in 0..mq.url.len() {
+        let (url, shown) = mq.url.node(i);
+        let props = ConnectionProperties::default().with_connection_name("app-operator".into());
+        match tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props)).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => last = Some(anyhow::anyhow!("cannot connect to {shown}: {e}")),
+            Err(_) => last = Some(anyhow::anyhow!("timed out connecting to {shown}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("AMQP_URL names no broker")))
+}
+
+pub(super) fn shared_settings() -> anyhow::Result<Settings> {
+    Ok(Settings::shared_from_process_env()?)
+}
