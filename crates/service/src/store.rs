@@ -319,6 +319,14 @@ where
     sqlx::query_as(&sql).bind(id).fetch_optional(db).await
 }
 
+/// `$1, $2, …` for an `IN (…)` list of `n` values.
+pub(crate) fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One page of the rows of `table` whose two filter columns equal the values given (a
 /// `None` does not filter), oldest first.
 pub(crate) async fn page_of<T>(

@@ -5,7 +5,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -48,6 +48,13 @@ pub(crate) enum ApiError {
         _ => "internal error",
     })]
     Store(#[from] sqlx::Error),
+}
+
+/// The body of every error response: a stable code and a sentence for people.
+#[derive(Serialize)]
+pub(crate) struct ErrorBody {
+    pub(crate) error: &'static str,
+    pub(crate) message: String,
 }
 
 /// A response whose request lost a store race and may simply be run again.
@@ -99,7 +106,10 @@ impl IntoResponse for ApiError {
         }
         let mut response = (
             status,
-            Json(json!({"error": code, "message": self.to_string()})),
+            Json(ErrorBody {
+                error: code,
+                message: self.to_string(),
+            }),
         )
             .into_response();
         if unavailable {

@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
 use sqlx::AnyPool;
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
@@ -65,13 +65,22 @@ pub(crate) fn app(
         .merge(api)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
-            (StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": "method_not_allowed", "message": "method not allowed on this route"})))
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(error::ErrorBody {
+                    error: "method_not_allowed",
+                    message: "method not allowed on this route".into(),
+                }),
+            )
         })
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             within(request_timeout, request, next)
         }))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), track_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            track_requests,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state);
     if !cors_origins.is_empty() {
@@ -93,9 +102,25 @@ pub(crate) fn app(
     router
 }
 
+/// The liveness probe's body.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+/// The readiness probe's body: `ready`, or `not_ready` with the reasons.
+#[derive(Serialize)]
+struct Readiness {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
+    /// Whom the consumer believes (`MQ_TRUST`).
+    trust: &'static str,
+}
+
 /// `200 {"status":"ok"}` while the process lives (the liveness probe).
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// 200 only when the broker is connected, the consumer attached and the store answers.
@@ -119,11 +144,20 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
     let trust = state.broker.settings().trust.as_str();
     if reasons.is_empty() {
-        Json(json!({"status": "ready", "trust": trust})).into_response()
+        Json(Readiness {
+            status: "ready",
+            reasons,
+            trust,
+        })
+        .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reasons": reasons, "trust": trust})),
+            Json(Readiness {
+                status: "not_ready",
+                reasons,
+                trust,
+            }),
         )
             .into_response()
     }

@@ -20,7 +20,7 @@ use crate::envelope::Envelope;
 use crate::events::Event;
 use crate::messaging::publisher::{self, Published};
 use crate::messaging::{headers, Broker, Session};
-use crate::store::{now_ms, Dialect, Store};
+use crate::store::{now_ms, placeholders, Dialect, Store};
 
 /// Rows published per batch.
 const BATCH: i64 = 256;
@@ -548,12 +548,4 @@ async fn relay_batch(
         refused,
         set_aside,
     })
-}
-
-/// `$1, $2, …` for an `IN (…)` list of `n` values.
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::store::{self, Election};
 use crate::domain::ElectionStatus;
@@ -32,25 +31,49 @@ struct Nomination {
     candidate: String,
 }
 
-async fn view(db: impl sqlx::any::AnyExecutor<'_>, e: Election) -> Result<Value, ApiError> {
-    let candidates = store::candidates(db, &e.id).await?;
-    Ok(json!({
-        "id": e.id,
-        "meeting_id": e.meeting_id,
-        "agenda_item_id": e.agenda_item_id,
-        "title": e.title,
-        "status": e.status,
-        "candidates": candidates,
-        "result": e.result,
-        "created_at": e.created_at,
-        "updated_at": e.updated_at,
-    }))
+/// An election as clients see it: its row and its candidates in nomination order.
+#[derive(Serialize)]
+pub(super) struct ElectionView {
+    id: String,
+    meeting_id: String,
+    agenda_item_id: String,
+    title: String,
+    status: ElectionStatus,
+    candidates: Vec<String>,
+    /// `election.finalized`'s result once the ballot is counted.
+    result: Option<crate::store::Json<serde_json::Value>>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl ElectionView {
+    fn new(e: Election, candidates: Vec<String>) -> Self {
+        Self {
+            id: e.id,
+            meeting_id: e.meeting_id,
+            agenda_item_id: e.agenda_item_id,
+            title: e.title,
+            status: e.status,
+            candidates,
+            result: e.result,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+/// A nomination accepted.
+#[derive(Serialize)]
+pub(super) struct NominationView {
+    election_id: String,
+    candidate: String,
+    nominated_by: String,
 }
 
 async fn list(
     State(state): State<AppState>,
     ApiQuery(f): ApiQuery<Filter>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<ElectionView>>, ApiError> {
     let (limit, offset) = page(f.limit, f.offset)?;
     let elections = store::list(
         &state.pool,
@@ -60,21 +83,29 @@ async fn list(
         offset,
     )
     .await?;
-    let mut out = Vec::with_capacity(elections.len());
-    for e in elections {
-        out.push(view(&state.pool, e).await?);
-    }
-    Ok(Json(out))
+    // The page's candidates in one query, not one per election.
+    let ids: Vec<&str> = elections.iter().map(|e| e.id.as_str()).collect();
+    let mut candidates = store::candidates_of(&state.pool, &ids).await?;
+    Ok(Json(
+        elections
+            .into_iter()
+            .map(|e| {
+                let standing = candidates.remove(&e.id).unwrap_or_default();
+                ElectionView::new(e, standing)
+            })
+            .collect(),
+    ))
 }
 
 async fn get_one(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ElectionView>, ApiError> {
     let e = store::by_id(&state.pool, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no election {id}")))?;
-    Ok(Json(view(&state.pool, e).await?))
+    let candidates = store::candidates(&state.pool, &e.id).await?;
+    Ok(Json(ElectionView::new(e, candidates)))
 }
 
 async fn nominate(
@@ -82,7 +113,7 @@ async fn nominate(
     user: User,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Nomination>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<NominationView>), ApiError> {
     let mut tx = state.store.begin().await?;
     let e = store::by_id_locked(&mut tx, &id)
         .await?
@@ -115,7 +146,11 @@ async fn nominate(
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"election_id": id, "candidate": candidate, "nominated_by": user.0})),
+        Json(NominationView {
+            election_id: id,
+            candidate,
+            nominated_by: user.0,
+        }),
     ))
 }
 

@@ -1,11 +1,13 @@
 //! Election tables: `elections` and `nominations`.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::{AnyConnection, AnyPool};
 
 use crate::domain::ElectionStatus;
 use crate::envelope::now_rfc3339;
-use crate::store::{for_update, Json};
+use crate::store::{for_update, placeholders, Json};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub(super) struct Election {
@@ -118,6 +120,30 @@ pub(super) async fn candidates(
         .bind(election_id)
         .fetch_all(db)
         .await
+}
+
+/// The candidates of each election of `ids`, in nomination order, in one query.
+pub(super) async fn candidates_of(
+    pool: &AnyPool,
+    ids: &[&str],
+) -> sqlx::Result<HashMap<String, Vec<String>>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT election_id, candidate FROM nominations WHERE election_id IN ({})
+         ORDER BY election_id, position",
+        placeholders(ids.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    for (election, candidate) in query.fetch_all(pool).await? {
+        out.entry(election).or_default().push(candidate);
+    }
+    Ok(out)
 }
 
 /// Add a nomination; `false` when the candidate already stands.

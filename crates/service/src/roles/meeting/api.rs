@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::store::{self, AgendaItem, Meeting};
@@ -48,19 +47,38 @@ struct Paging {
     offset: Option<i64>,
 }
 
+/// A meeting with its agenda and the managers known here.
+#[derive(Serialize)]
+pub(super) struct MeetingView {
+    id: String,
+    title: String,
+    created_by: String,
+    created_at: String,
+    current_item_id: Option<String>,
+    /// Replicated from the permission service; empty until the creator's grant arrives.
+    managers: Vec<String>,
+    agenda: Vec<AgendaItem>,
+}
+
+impl MeetingView {
+    fn new(m: Meeting, managers: Vec<String>, agenda: Vec<AgendaItem>) -> Self {
+        Self {
+            id: m.id,
+            title: m.title,
+            created_by: m.created_by,
+            created_at: m.created_at,
+            current_item_id: m.current_item_id,
+            managers,
+            agenda,
+        }
+    }
+}
+
 /// The meeting with its agenda and the managers known here.
-async fn view(state: &AppState, meeting: Meeting) -> Result<Value, ApiError> {
+async fn view(state: &AppState, meeting: Meeting) -> Result<MeetingView, ApiError> {
     let agenda = store::agenda(&state.pool, &meeting.id).await?;
     let managers = grants::managers(&state.pool, &meeting.id).await?;
-    Ok(json!({
-        "id": meeting.id,
-        "title": meeting.title,
-        "created_by": meeting.created_by,
-        "created_at": meeting.created_at,
-        "current_item_id": meeting.current_item_id,
-        "managers": managers,
-        "agenda": agenda,
-    }))
+    Ok(MeetingView::new(meeting, managers, agenda))
 }
 
 async fn find_meeting(state: &AppState, id: &str) -> Result<Meeting, ApiError> {
@@ -86,7 +104,7 @@ async fn create_meeting(
     State(state): State<AppState>,
     user: User,
     ApiJson(body): ApiJson<NewMeeting>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<MeetingView>), ApiError> {
     let meeting = Meeting {
         id: Uuid::new_v4().to_string(),
         title: text_field("title", &body.title, 200)?,
@@ -104,16 +122,10 @@ async fn create_meeting(
     .await?;
     work.commit().await?;
     // New: no agenda yet, and the creator's grant is still on its way back.
-    let body = json!({
-        "id": meeting.id,
-        "title": meeting.title,
-        "created_by": meeting.created_by,
-        "created_at": meeting.created_at,
-        "current_item_id": null,
-        "managers": [],
-        "agenda": [],
-    });
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((
+        StatusCode::CREATED,
+        Json(MeetingView::new(meeting, Vec::new(), Vec::new())),
+    ))
 }
 
 async fn list_meetings(
@@ -129,7 +141,7 @@ async fn list_meetings(
 async fn get_meeting(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MeetingView>, ApiError> {
     let meeting = find_meeting(&state, &id).await?;
     Ok(Json(view(&state, meeting).await?))
 }

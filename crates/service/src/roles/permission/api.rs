@@ -4,8 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::store::{self, Permission};
 use sqlx::AnyConnection;
@@ -27,6 +26,15 @@ pub(super) fn router() -> Router<AppState> {
 struct Paging {
     limit: Option<i64>,
     offset: Option<i64>,
+}
+
+/// A grant made.
+#[derive(Serialize)]
+pub(super) struct GrantView {
+    meeting_id: String,
+    user_id: String,
+    role: MeetingRole,
+    granted_by: String,
 }
 
 #[derive(Deserialize)]
@@ -104,7 +112,7 @@ async fn grant(
     user: User,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Grant>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<GrantView>), ApiError> {
     let mut tx = state.outbox.begin().await?;
     locked_meeting(&mut tx, &id).await?;
     require_manager(&mut *tx, &id, &user).await?;
@@ -126,7 +134,12 @@ async fn grant(
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"meeting_id": id, "user_id": user_id, "role": role, "granted_by": user.0})),
+        Json(GrantView {
+            meeting_id: id,
+            user_id,
+            role,
+            granted_by: user.0,
+        }),
     ))
 }
 

@@ -4,8 +4,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use super::store::{self, Ballot};
 use crate::domain::BallotStatus;
@@ -34,21 +35,51 @@ struct Vote {
     choice: String,
 }
 
-/// The ballot as shown to clients: the tally stays hidden while the ballot is open.
-async fn view(db: impl sqlx::any::AnyExecutor<'_>, b: Ballot) -> Result<Value, ApiError> {
+/// The ballot as shown to clients: how many have voted, never who; the tally stays empty
+/// (`null`) while the ballot is open.
+#[derive(Serialize)]
+pub(super) struct BallotView {
+    id: String,
+    election_id: String,
+    meeting_id: String,
+    agenda_item_id: String,
+    status: BallotStatus,
+    options: crate::store::Json<Vec<String>>,
+    votes_cast: i64,
+    tally: Option<crate::store::Json<BTreeMap<String, u64>>>,
+    created_at: String,
+    closed_at: Option<String>,
+}
+
+impl BallotView {
+    fn new(b: Ballot, votes_cast: i64) -> Self {
+        Self {
+            id: b.id,
+            election_id: b.election_id,
+            meeting_id: b.meeting_id,
+            agenda_item_id: b.agenda_item_id,
+            status: b.status,
+            options: b.options,
+            votes_cast,
+            tally: b.tally,
+            created_at: b.created_at,
+            closed_at: b.closed_at,
+        }
+    }
+}
+
+/// A vote accepted, shown to the voter who cast it.
+#[derive(Serialize)]
+pub(super) struct VoteView {
+    ballot_id: String,
+    user_id: String,
+    choice: String,
+}
+
+/// The ballot with its count of votes.
+async fn view(db: impl sqlx::any::AnyExecutor<'_>, b: Ballot) -> Result<BallotView, ApiError> {
     let votes_cast = store::votes_cast(db, &b.id).await?;
-    Ok(json!({
-        "id": b.id,
-        "election_id": b.election_id,
-        "meeting_id": b.meeting_id,
-        "agenda_item_id": b.agenda_item_id,
-        "status": b.status,
-        "options": b.options,
-        "votes_cast": votes_cast,
-        "tally": b.tally,
-        "created_at": b.created_at,
-        "closed_at": b.closed_at,
-    }))
+    Ok(BallotView::new(b, votes_cast))
 }
 
 async fn find(db: impl sqlx::any::AnyExecutor<'_>, id: &str) -> Result<Ballot, ApiError> {
@@ -62,7 +93,7 @@ fn found(id: &str, ballot: Option<Ballot>) -> Result<Ballot, ApiError> {
 async fn list(
     State(state): State<AppState>,
     ApiQuery(f): ApiQuery<Filter>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<BallotView>>, ApiError> {
     let (limit, offset) = page(f.limit, f.offset)?;
     let ballots = store::list(
         &state.pool,
@@ -72,17 +103,24 @@ async fn list(
         offset,
     )
     .await?;
-    let mut out = Vec::with_capacity(ballots.len());
-    for b in ballots {
-        out.push(view(&state.pool, b).await?);
-    }
-    Ok(Json(out))
+    // The page's vote counts in one query, not one per ballot.
+    let ids: Vec<&str> = ballots.iter().map(|b| b.id.as_str()).collect();
+    let counts = store::votes_cast_of(&state.pool, &ids).await?;
+    Ok(Json(
+        ballots
+            .into_iter()
+            .map(|b| {
+                let cast = counts.get(&b.id).copied().unwrap_or(0);
+                BallotView::new(b, cast)
+            })
+            .collect(),
+    ))
 }
 
 async fn get_one(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BallotView>, ApiError> {
     let b = find(&state.pool, &id).await?;
     Ok(Json(view(&state.pool, b).await?))
 }
@@ -92,7 +130,7 @@ async fn vote(
     user: User,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Vote>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<VoteView>), ApiError> {
     let mut tx = state.store.begin().await?;
     let b = found(&id, store::by_id_locked(&mut tx, &id, false).await?)?;
     if b.status != BallotStatus::Open {
@@ -119,7 +157,11 @@ async fn vote(
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"ballot_id": id, "user_id": user.0, "choice": body.choice})),
+        Json(VoteView {
+            ballot_id: id,
+            user_id: user.0,
+            choice: body.choice,
+        }),
     ))
 }
 
@@ -127,7 +169,7 @@ async fn close(
     State(state): State<AppState>,
     user: User,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BallotView>, ApiError> {
     let b = find(&state.pool, &id).await?;
     grants::require_manager(&state.pool, &b.meeting_id, &user.0).await?;
     let mut tx = state.outbox.begin().await?;

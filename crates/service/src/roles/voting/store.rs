@@ -1,13 +1,13 @@
 //! Voting tables: `ballots` and `votes`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, AnyPool};
 
 use crate::domain::BallotStatus;
 use crate::envelope::now_rfc3339;
-use crate::store::{for_share, for_update, Json};
+use crate::store::{for_share, for_update, placeholders, Json};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub(super) struct Ballot {
@@ -81,6 +81,25 @@ pub(super) async fn votes_cast(
         .bind(ballot_id)
         .fetch_one(db)
         .await
+}
+
+/// Votes cast on each ballot of `ids` (absent: none), in one query.
+pub(super) async fn votes_cast_of(
+    pool: &AnyPool,
+    ids: &[&str],
+) -> sqlx::Result<HashMap<String, i64>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT ballot_id, COUNT(*) FROM votes WHERE ballot_id IN ({}) GROUP BY ballot_id",
+        placeholders(ids.len())
+    );
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    Ok(query.fetch_all(pool).await?.into_iter().collect())
 }
 
 /// Record a vote; `false` when the user has voted already.
