@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::store::{self, Election};
+use super::store::{self, Election, ElectionResult};
 use crate::domain::ElectionStatus;
 use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
 use crate::roles::grants;
@@ -41,7 +41,7 @@ pub(super) struct ElectionView {
     status: ElectionStatus,
     candidates: Vec<String>,
     /// `election.finalized`'s result once the ballot is counted.
-    result: Option<crate::store::Json<serde_json::Value>>,
+    result: Option<crate::store::Json<ElectionResult>>,
     created_at: String,
     updated_at: String,
 }

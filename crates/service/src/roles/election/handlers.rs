@@ -3,10 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
 use uuid::Uuid;
 
-use super::store;
+use super::store::{self, ElectionResult};
 use crate::domain::{decide, votes_counted, ElectionStatus, Outcome};
 use crate::envelope::Envelope;
 use crate::events::{ElectionFinalized, Event, VotingCompleted, VotingCreate};
@@ -40,7 +39,13 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             }
             let candidates = store::candidates(&mut **tx, &e.id).await?;
             if candidates.is_empty() {
-                let result = json!({"outcome": Outcome::Cancelled, "winners": [], "tally": {}});
+                let result = ElectionResult {
+                    outcome: Outcome::Cancelled,
+                    winners: vec![],
+                    tally: BTreeMap::new(),
+                    votes_cast: None,
+                    ballot_id: None,
+                };
                 store::set_status(tx, &e.id, ElectionStatus::Cancelled, Some(&result)).await?;
                 let done = ElectionFinalized {
                     election_id: e.id,
@@ -72,9 +77,9 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
                 ElectionStatus::Voting => {}
                 // The result already recorded, from this very ballot: nothing to do.
                 ElectionStatus::Finalized
-                    if e.result
-                        .as_ref()
-                        .is_some_and(|r| r.0["ballot_id"] == v.ballot_id) =>
+                    if e.result.as_ref().is_some_and(|r| {
+                        r.0.ballot_id.as_deref() == Some(v.ballot_id.as_str())
+                    }) =>
                 {
                     return Ok(())
                 }
@@ -94,7 +99,13 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             let candidates = store::candidates(&mut **tx, &e.id).await?;
             check_tally(&candidates, &v).map_err(HandleError::Reject)?;
             let (outcome, winners) = decide(&v.tally, v.votes_cast);
-            let result = json!({"outcome": outcome, "winners": winners, "tally": v.tally, "votes_cast": v.votes_cast, "ballot_id": v.ballot_id});
+            let result = ElectionResult {
+                outcome,
+                winners: winners.clone(),
+                tally: v.tally.clone(),
+                votes_cast: Some(v.votes_cast),
+                ballot_id: Some(v.ballot_id.clone()),
+            };
             store::set_status(tx, &e.id, ElectionStatus::Finalized, Some(&result)).await?;
             let done = ElectionFinalized {
                 election_id: e.id,

@@ -1,13 +1,27 @@
 //! Election tables: `elections` and `nominations`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, AnyPool};
 
-use crate::domain::ElectionStatus;
+use crate::domain::{ElectionStatus, Outcome};
 use crate::envelope::now_rfc3339;
 use crate::store::{for_update, placeholders, Json};
+
+/// How an election ended, as stored and shown: cancelled (no candidates), or counted from
+/// its ballot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ElectionResult {
+    pub outcome: Outcome,
+    pub winners: Vec<String>,
+    pub tally: BTreeMap<String, u64>,
+    /// The ballot counted (absent when cancelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub votes_cast: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ballot_id: Option<String>,
+}
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub(super) struct Election {
@@ -16,7 +30,7 @@ pub(super) struct Election {
     pub agenda_item_id: String,
     pub title: String,
     pub status: ElectionStatus,
-    pub result: Option<Json<serde_json::Value>>,
+    pub result: Option<Json<ElectionResult>>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -99,7 +113,7 @@ pub(super) async fn set_status(
     tx: &mut AnyConnection,
     id: &str,
     status: ElectionStatus,
-    result: Option<&serde_json::Value>,
+    result: Option<&ElectionResult>,
 ) -> sqlx::Result<()> {
     sqlx::query("UPDATE elections SET status = $1, result = COALESCE($2, result), updated_at = $3 WHERE id = $4")
         .bind(status)

@@ -1,6 +1,5 @@
 //! Meeting event handlers: `election.finalized` and the `permission.*` copy.
 
-use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::store::{self, AgendaItem};
@@ -35,12 +34,12 @@ async fn finalized(tx: &mut AnyConnection, done: &ElectionFinalized) -> Result<(
     if !check_result(&item, done).map_err(HandleError::Reject)? {
         return Ok(()); // this result is already recorded
     }
-    let result = json!({
-        "election_id": done.election_id,
-        "outcome": done.outcome,
-        "winners": done.winners,
-        "tally": done.tally,
-    });
+    let result = store::ItemResult {
+        election_id: done.election_id.clone(),
+        outcome: done.outcome,
+        winners: done.winners.clone(),
+        tally: done.tally.clone(),
+    };
     store::finish_item(tx, &item.id, &done.election_id, &result).await?;
     if meeting.and_then(|m| m.current_item_id).as_deref() == Some(item.id.as_str()) {
         store::set_current_item(tx, &done.meeting_id, None).await?;

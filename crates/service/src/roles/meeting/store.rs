@@ -1,9 +1,11 @@
 //! Meeting tables: `meetings` and `agenda_items`.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, AnyPool};
 
-use crate::domain::{ItemKind, ItemStatus};
+use crate::domain::{ItemKind, ItemStatus, Outcome};
 use crate::store::{for_update, Json};
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -15,6 +17,15 @@ pub(super) struct Meeting {
     pub current_item_id: Option<String>,
 }
 
+/// The result an election item carries once `election.finalized` is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ItemResult {
+    pub election_id: String,
+    pub outcome: Outcome,
+    pub winners: Vec<String>,
+    pub tally: BTreeMap<String, u64>,
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub(super) struct AgendaItem {
     pub id: String,
@@ -24,7 +35,7 @@ pub(super) struct AgendaItem {
     pub kind: ItemKind,
     pub status: ItemStatus,
     pub election_id: Option<String>,
-    pub result: Option<Json<serde_json::Value>>,
+    pub result: Option<Json<ItemResult>>,
 }
 
 pub(super) async fn meeting(
@@ -138,12 +149,12 @@ pub(super) async fn finish_item(
     tx: &mut AnyConnection,
     item_id: &str,
     election_id: &str,
-    result: &serde_json::Value,
+    result: &ItemResult,
 ) -> sqlx::Result<()> {
     sqlx::query("UPDATE agenda_items SET status = $1, election_id = $2, result = $3 WHERE id = $4")
         .bind(ItemStatus::Done)
         .bind(election_id)
-        .bind(result.to_string())
+        .bind(Json(result))
         .bind(item_id)
         .execute(tx)
         .await?;
