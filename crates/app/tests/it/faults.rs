@@ -528,3 +528,68 @@ async fn a_consumer_cut_off_on_a_live_connection_is_not_ready_and_replaces_itsel
     );
     permission.stop().await.unwrap();
 }
+
+/// The watchdog: messages wait ready on the queue while the consumer, stuck in hand on a
+/// store that does not answer, receives and settles nothing for longer than
+/// `MQ_CONSUMER_WATCHDOG`. The role counts the stall and recreates its consumer — and once
+/// the store answers again every event is applied exactly once.
+#[tokio::test]
+async fn a_consumer_that_receives_nothing_while_messages_wait_is_recreated() {
+    let mut ctx = Ctx::new();
+    ctx.extra.insert("MQ_CONSUMER_CHECK".into(), "200ms".into());
+    ctx.extra.insert("MQ_CONSUMER_WATCHDOG".into(), "1s".into());
+    ctx.extra.insert("MQ_PREFETCH".into(), "8".into());
+    let permission = Running::spawn(&ctx, &PERMISSION).await;
+    let bus = Bus::connect(&ctx).await;
+    let perm = ctx.store(&PERMISSION).await;
+    let postgres = ctx.postgres.is_some();
+
+    // Hold the store: SQLite's write lock, or the table the handler writes on PostgreSQL.
+    let mut hold = perm.acquire().await.unwrap();
+    if postgres {
+        sqlx::query("BEGIN").execute(&mut *hold).await.unwrap();
+        sqlx::query("LOCK TABLE meetings IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *hold)
+            .await
+            .unwrap();
+    } else {
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *hold)
+            .await
+            .unwrap();
+    }
+    const N: usize = 40;
+    for i in 0..N {
+        bus.publish(&meeting_created(&format!("w{i}"))).await;
+    }
+    // Held for up to 4 s, against a watchdog of 1 s (SQLite's busy timeout is 5 s). Watched
+    // on /metrics: /ready asks the held store too, and waits on it.
+    let metrics_url = format!("{}/metrics", permission.base);
+    let stall_line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("consumer_restarts_total{") && l.contains("reason=\"stalled\""))
+            .map(str::to_string)
+    };
+    let stalled = eventually(Duration::from_secs(4), || async {
+        let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+        stall_line(&text)
+    })
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut *hold).await.unwrap();
+    drop(hold);
+    let stalled = stalled.expect("the stall was seen and counted while the store was held");
+    eprintln!("watchdog: {stalled}");
+
+    let applied = eventually(WAIT, || async {
+        let n = count(&perm, "SELECT COUNT(*) FROM meetings").await;
+        (n == N as i64).then_some(())
+    })
+    .await;
+    assert!(
+        applied.is_some(),
+        "every event applied once the store answered"
+    );
+    assert_eq!(count(&perm, "SELECT COUNT(*) FROM inbox").await, N as i64);
+    assert!(permission.wait_ready_within(Duration::from_secs(10)).await);
+    permission.stop().await.unwrap();
+}
