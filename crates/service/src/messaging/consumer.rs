@@ -252,12 +252,6 @@ impl Consumer {
         // The supervisor replacing the session also ends this consumer, whether or not the
         // old channel's stream ever reports its end.
         let mut sessions = self.broker.watch();
-        let replaced_msg = || {
-            Ended::Lost(Lost::new(
-                Detached::Connection,
-                "the connection was replaced",
-            ))
-        };
         let mut received: u64 = 0;
         loop {
             let next = tokio::select! {
@@ -273,7 +267,7 @@ impl Consumer {
                     return Ok(Ended::Shutdown);
                 }
                 _ = async { let _ = sessions.wait_for(|s| s.as_ref().map(|s| s.id) != Some(session.id)).await; } => {
-                    return Ok(replaced_msg());
+                    return Ok(Ended::Lost(Lost::new(Detached::Connection, "the connection was replaced")));
                 }
                 next = deliveries.next() => next,
             };
