@@ -66,6 +66,20 @@ pub(crate) static COMMON: Migrations = Migrations {
     postgres: sqlx::migrate!("./migrations/common/postgres"),
 };
 
+/// Whether `e` says the store cannot be reached now (no connection came free or could be
+/// opened in time, the connection failed): a request is answered 503 `store_unavailable`.
+pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // PostgreSQL: a connection exception (class 08), or the server shutting down or
+        // crashing under the connection (57P01–57P03, "terminating connection due to …").
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 /// Whether a released connection may go back to the pool: not while it is still inside a
 /// transaction, which would hold SQLite's write lock and refuse every later `BEGIN`. The
 /// rollback of a dropped `Transaction` is queued on the connection, so a ping (behind it)
@@ -97,6 +111,7 @@ impl Store {
     pub(crate) async fn open(
         url: &str,
         pool_size: u32,
+        acquire_timeout: Duration,
         migrations: &[&'static Migrations],
     ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
@@ -113,7 +128,7 @@ impl Store {
         // writers queue on the pool (an async wait) instead of sleeping in its busy handler.
         let pool = AnyPoolOptions::new()
             .max_connections(pool_size)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .after_release(|conn, _| Box::pin(left_in_transaction(conn)))
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -423,7 +438,9 @@ mod tests {
     async fn a_begin_cancelled_at_any_point_leaves_the_store_usable() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/c.db", dir.path().display());
-        let store = Store::open(&url, 1, &[&COMMON]).await.unwrap();
+        let store = Store::open(&url, 1, Duration::from_secs(3), &[&COMMON])
+            .await
+            .unwrap();
         for round in 0..2000u64 {
             // Poll the begin a few times, the worker thread running between polls for a
             // few microseconds more each round, and drop it: cancelled across its whole

@@ -593,3 +593,91 @@ async fn a_consumer_that_receives_nothing_while_messages_wait_is_recreated() {
     assert!(permission.wait_ready_within(Duration::from_secs(10)).await);
     permission.stop().await.unwrap();
 }
+
+/// `scripts/postgres.sh ARGS…` to its end, off the runtime the roles share; its output.
+async fn postgres_script(args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/postgres.sh");
+    let out = tokio::process::Command::new(&script)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .expect("postgres.sh");
+    assert!(out.status.success(), "postgres.sh {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// PostgreSQL killed under a running meeting role: a request gets 503 `store_unavailable`
+/// with `Retry-After` within `DATABASE_ACQUIRE_TIMEOUT` (not a 500, not the pool's old 10 s
+/// wait), `/ready` names the store, and once PostgreSQL is back requests succeed again.
+#[tokio::test]
+async fn a_dead_database_answers_503_quickly_and_the_role_recovers() {
+    let pg_dir = tempfile::Builder::new()
+        .prefix("pg")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let dir = pg_dir.path().display().to_string();
+    let url = postgres_script(&["start", &dir]).await;
+    let base = url[..url.rfind('/').expect("a database")].to_string();
+    let mut ctx = Ctx::with_stores(amqp_url(), Some(base));
+    ctx.extra
+        .insert("DATABASE_ACQUIRE_TIMEOUT".into(), "2s".into());
+    ctx.extra.insert("DATABASE_POOL_SIZE".into(), "2".into());
+    let meeting = Running::spawn(&ctx, &MEETING).await;
+    let alice = Client::as_user("alice");
+    let meetings = format!("{}/meetings", meeting.base);
+    let (status, _) = alice.post(&meetings, json!({"title": "before"})).await;
+    assert_eq!(status, 201);
+
+    postgres_script(&["kill", &dir]).await;
+    // A SIGKILLed postmaster's backends may serve a request or two more before they see it
+    // gone: wait for the first refusal.
+    let refused = eventually(Duration::from_secs(15), || async {
+        let (s, _) = alice.post(&meetings, json!({"title": "dying"})).await;
+        (s != 201).then_some(s)
+    })
+    .await;
+    assert_eq!(refused, Some(503), "the first refusal is a 503");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = reqwest::Client::new()
+            .post(&meetings)
+            .bearer_auth(token("alice"))
+            .json(&json!({"title": "during"}))
+            .send()
+            .await
+            .expect("answered");
+        let took = started.elapsed();
+        let status = r.status().as_u16();
+        let retry_after = r.headers().get("retry-after").cloned();
+        let body: serde_json::Value = r.json().await.expect("a JSON body");
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "store_unavailable", "{body}");
+        assert!(retry_after.is_some(), "Retry-After is set");
+        assert!(
+            took < Duration::from_secs(6),
+            "answered within the acquire timeout: {took:?}"
+        );
+        eprintln!(
+            "dead database: 503 {} in {:.2}s",
+            body["error"],
+            took.as_secs_f64()
+        );
+    }
+    let ready = reqwest::get(format!("{}/ready", meeting.base))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("store: "));
+
+    postgres_script(&["start", &dir]).await;
+    let back = eventually(Duration::from_secs(30), || async {
+        let (s, _) = alice.post(&meetings, json!({"title": "after"})).await;
+        (s == 201).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "requests succeed once PostgreSQL is back");
+    assert!(meeting.wait_ready_within(Duration::from_secs(30)).await);
+    meeting.stop().await.unwrap();
+    postgres_script(&["stop", &dir]).await;
+}

@@ -107,6 +107,8 @@ pub struct Settings {
     pub http_max_body_bytes: usize,
     /// Connections to a PostgreSQL store.
     pub database_pool_size: u32,
+    /// How long a store connection may take to come free (or to open).
+    pub database_acquire_timeout: Duration,
     /// `None` only where a development key is acceptable; see [`Settings::jwt_secret`].
     pub jwt_secret: Option<Secret>,
     /// Candidates one election may have.

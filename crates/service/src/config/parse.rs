@@ -181,6 +181,14 @@ pub(super) fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Sett
             "must be a sqlite: or postgres:// URL, e.g. sqlite://data/meeting.db",
         ));
     }
+    let database_acquire_timeout =
+        parse_duration("DATABASE_ACQUIRE_TIMEOUT", &get("DATABASE_ACQUIRE_TIMEOUT"))?;
+    if database_acquire_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "DATABASE_ACQUIRE_TIMEOUT",
+            "must be above zero",
+        ));
+    }
     let database_pool_size = get("DATABASE_POOL_SIZE")
         .parse::<u32>()
         .ok()
@@ -259,6 +267,7 @@ pub(super) fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Sett
         http_request_timeout,
         http_max_body_bytes,
         database_pool_size,
+        database_acquire_timeout,
         jwt_secret,
         max_candidates,
         auth_leeway,

@@ -198,6 +198,12 @@ pub const VARIABLES: &[Variable] = &[
         scope: Scope::Shared,
     },
     Variable {
+        name: "DATABASE_ACQUIRE_TIMEOUT",
+        help: "how long a request or delivery waits for a store connection before it is answered 503 `store_unavailable` (or retried)",
+        default: Default::Fixed("3s"),
+        scope: Scope::Shared,
+    },
+    Variable {
         name: "MAX_CANDIDATES",
         help: "the election role: candidates one election may have",
         default: Default::Fixed("50"),

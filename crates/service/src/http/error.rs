@@ -44,7 +44,7 @@ pub(crate) enum ApiError {
     /// losing, 503 `busy` with `Retry-After`.
     #[error("{}", match .0 {
         e if crate::store::is_retryable(e) => "the store is busy with concurrent changes; try again",
-        sqlx::Error::PoolTimedOut => "the store is not answering; try again",
+        e if crate::store::is_unavailable(e) => "the store is not answering; try again",
         _ => "internal error",
     })]
     Store(#[from] sqlx::Error),
@@ -78,7 +78,7 @@ impl ApiError {
             ApiError::Store(e) if crate::store::is_retryable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "busy")
             }
-            ApiError::Store(sqlx::Error::PoolTimedOut) => {
+            ApiError::Store(e) if crate::store::is_unavailable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
             ApiError::Internal(_) | ApiError::Store(_) => {
@@ -92,11 +92,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let lost_race = matches!(&self, ApiError::Store(e) if crate::store::is_retryable(e));
-        let unavailable = matches!(&self, ApiError::Store(sqlx::Error::PoolTimedOut));
+        let unavailable = matches!(&self, ApiError::Store(e) if crate::store::is_unavailable(e));
         match &self {
             ApiError::Store(_) if lost_race => {}
-            ApiError::Store(_) if unavailable => {
-                tracing::warn!("request refused: no store connection came free in time")
+            ApiError::Store(e) if unavailable => {
+                tracing::warn!(cause = %crate::telemetry::Chain(e), "request refused: the store is not answering")
             }
             ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
             ApiError::Store(e) => {

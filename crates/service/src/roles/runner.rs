@@ -28,6 +28,7 @@ pub(crate) async fn run(
     let store = Store::open(
         &settings.database_url,
         settings.database_pool_size,
+        settings.database_acquire_timeout,
         role.migrations,
     )
     .await?;
