@@ -507,12 +507,7 @@ async fn a_consumer_cut_off_on_a_live_connection_is_not_ready_and_replaces_itsel
         applied("after").await,
         "applied after the consumer was replaced"
     );
-    let metrics = reqwest::get(format!("{}/metrics", permission.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&permission.base).await;
     assert!(
         metrics
             .lines()

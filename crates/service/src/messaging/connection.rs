@@ -297,25 +297,10 @@ impl Broker {
     /// Read the dead-letter queue's depth (a passive declare) into a gauge.
     async fn record_dead_letters(&self, session: &Session) {
         let mq = &self.inner.mq;
-        let Ok(channel) = session.connection.create_channel().await else {
-            return;
-        };
         let dlq = topology::dead_letter_queue(&mq.queue);
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        if let Ok(q) = channel
-            .queue_declare(
-                dlq.as_str().into(),
-                passive,
-                lapin::types::FieldTable::default(),
-            )
-            .await
-        {
+        if let Ok((messages, _)) = topology::inspect_queue(&session.connection, &dlq).await {
             metrics::gauge!("dead_letter_queue_messages", "service" => mq.service_name.clone(), "queue" => dlq)
-                .set(q.message_count() as f64);
-            let _ = channel.close(200, "done".into()).await;
+                .set(messages as f64);
         }
     }
 }

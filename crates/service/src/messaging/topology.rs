@@ -214,6 +214,27 @@ pub(crate) async fn declare(channel: &Channel, mq: &MqSettings) -> lapin::Result
     Ok(())
 }
 
+/// Ready messages and consumers of `queue`, by a passive declare on a channel of its own,
+/// closed afterwards (a missing queue closes the channel it is asked on: `Err` 404).
+pub(crate) async fn inspect_queue(
+    connection: &lapin::Connection,
+    queue: &str,
+) -> lapin::Result<(u32, u32)> {
+    let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let answer = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "inspected".into()).await;
+    }
+    let q = answer?;
+    Ok((q.message_count(), q.consumer_count()))
+}
+
 /// A temporary tap on the exchange: an exclusive, auto-deleted queue bound to `bindings`,
 /// consumed without acks. It disappears with its channel. Used by `events tail`, `walk` and
 /// `bench` to watch the bus without disturbing any service's queue.

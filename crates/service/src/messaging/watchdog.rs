@@ -11,12 +11,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::Channel;
 
 use crate::config::MqSettings;
-use crate::messaging::Session;
+use crate::messaging::{topology, Session};
 
 /// What a passive declare of the queue answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,25 +146,10 @@ impl Progress {
     }
 }
 
-/// Ready messages and consumers of `queue`, by a passive declare on a channel of its own
-/// (a missing queue closes the channel it is asked on).
+/// Ready messages and consumers of `queue`, as the broker counts them.
 async fn check_queue(session: &Session, queue: &str) -> lapin::Result<QueueCheck> {
-    let channel = session.connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let answer = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await;
-    if channel.status().connected() {
-        let _ = channel.close(200, "checked".into()).await;
-    }
-    let q = answer?;
-    Ok(QueueCheck {
-        ready: q.message_count(),
-        consumers: q.consumer_count(),
-    })
+    let (ready, consumers) = topology::inspect_queue(&session.connection, queue).await?;
+    Ok(QueueCheck { ready, consumers })
 }
 
 /// Whether the broker answered 404 NOT_FOUND (the queue does not exist).

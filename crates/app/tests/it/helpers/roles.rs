@@ -141,6 +141,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A role's `/metrics`, as Prometheus scrapes it.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("scraped")
+        .text()
+        .await
+        .expect("a text body")
+}
+
 pub async fn wait_ready_at(base: &str, timeout: Duration) -> bool {
     let url = format!("{base}/ready");
     eventually(timeout, || async {
