@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job in one command: a broker, the four services (`app all`), and a walk through
+# The main job in one command: a broker, the five services (`app all`), and a walk through
 # one meeting — create, open the election item, nominate, start, three votes, close, result —
 # printing each step and each event on the bus. The services keep running afterwards;
 # Ctrl-C stops them (and the throwaway broker, if this script started one).
@@ -38,9 +38,12 @@ CONFIG_DIR="$repo/config" "$app" walk --dev || { echo "the walk failed; service 
 
 cat <<MSG
 
-The four services are running (logs: $work/app.log):
+The five services are running (logs: $work/app.log):
   meeting     http://localhost:8081    election    http://localhost:8082
   voting      http://localhost:8083    permission  http://localhost:8084
+  live        http://localhost:8085
+Open the meeting page, sign in as alice and follow a meeting live:
+  http://127.0.0.1:8085/live/
 Try:
   TOKEN=\$($app token --dev --user alice)
   curl -H "Authorization: Bearer \$TOKEN" http://localhost:8081/meetings

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::{MeetingRole, Outcome};
+use crate::domain::{ItemKind, MeetingRole, Outcome};
 use crate::envelope::DecodeError;
 
 /// Declares the catalogue: the `EventType` names, the typed `Event`, and the mapping
@@ -49,6 +49,13 @@ macro_rules! catalogue {
                 }
             }
 
+            /// The meeting the event belongs to: every event of the catalogue names one.
+            pub fn meeting_id(&self) -> &str {
+                match self {
+                    $(Event::$variant(d) => &d.meeting_id),+
+                }
+            }
+
             /// The `data` object of the envelope.
             pub fn data(&self) -> Value {
                 let value = match self {
@@ -73,12 +80,24 @@ macro_rules! catalogue {
 catalogue! {
     /// `meeting.created`: a meeting exists; its creator is to become its manager.
     MeetingCreated(MeetingCreated) = "meeting.created";
+    /// `agenda.item.added`: an item was added to a meeting's agenda.
+    AgendaItemAdded(AgendaItemAdded) = "agenda.item.added";
+    /// `agenda.item.opened`: an agenda item became the meeting's current one.
+    AgendaItemOpened(AgendaItemOpened) = "agenda.item.opened";
     /// `agenda.election.create`: the meeting opened an election item.
     ElectionCreate(ElectionCreate) = "agenda.election.create";
     /// `agenda.election.start`: nominations close, the vote starts.
     ElectionStart(ElectionStart) = "agenda.election.start";
+    /// `election.opened`: an election item's election exists and takes nominations.
+    ElectionOpened(ElectionOpened) = "election.opened";
+    /// `election.nomination.accepted`: a candidate stands in an election.
+    NominationAccepted(NominationAccepted) = "election.nomination.accepted";
     /// `voting.create`: open a ballot over these candidates.
     VotingCreate(VotingCreate) = "voting.create";
+    /// `voting.ballot.opened`: a ballot is open for votes.
+    BallotOpened(BallotOpened) = "voting.ballot.opened";
+    /// `voting.vote.counted`: one more vote on a ballot (never whose, nor for whom).
+    VoteCounted(VoteCounted) = "voting.vote.counted";
     /// `voting.completed`: the ballot closed with this tally.
     VotingCompleted(VotingCompleted) = "voting.completed";
     /// `election.finalized`: the election's result.
@@ -117,6 +136,27 @@ pub struct MeetingCreated {
     pub created_by: String,
 }
 
+/// `agenda.item.added`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgendaItemAdded {
+    pub meeting_id: String,
+    pub agenda_item_id: String,
+    pub position: i64,
+    pub title: String,
+    pub kind: ItemKind,
+}
+
+/// `agenda.item.opened`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgendaItemOpened {
+    pub meeting_id: String,
+    pub agenda_item_id: String,
+    pub kind: ItemKind,
+    /// The item that was current before and is now done, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_item_id: Option<String>,
+}
+
 /// `agenda.election.create`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ElectionCreate {
@@ -130,6 +170,24 @@ pub struct ElectionCreate {
 pub struct ElectionStart {
     pub meeting_id: String,
     pub agenda_item_id: String,
+}
+
+/// `election.opened`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ElectionOpened {
+    pub election_id: String,
+    pub meeting_id: String,
+    pub agenda_item_id: String,
+    pub title: String,
+}
+
+/// `election.nomination.accepted`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NominationAccepted {
+    pub election_id: String,
+    pub meeting_id: String,
+    pub candidate: String,
+    pub nominated_by: String,
 }
 
 /// `voting.create`
@@ -148,6 +206,23 @@ pub struct VotingCompleted {
     pub election_id: String,
     pub meeting_id: String,
     pub tally: BTreeMap<String, u64>,
+    pub votes_cast: u64,
+}
+
+/// `voting.ballot.opened`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BallotOpened {
+    pub ballot_id: String,
+    pub election_id: String,
+    pub meeting_id: String,
+    pub options: Vec<String>,
+}
+
+/// `voting.vote.counted`: how many votes the ballot holds now; never who voted or for whom.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VoteCounted {
+    pub ballot_id: String,
+    pub meeting_id: String,
     pub votes_cast: u64,
 }
 

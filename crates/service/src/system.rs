@@ -23,6 +23,9 @@ pub struct RoleDef {
     pub consumes: &'static [EventType],
     /// Events this role publishes.
     pub publishes: &'static [EventType],
+    /// Events this role reads from the shared live stream rather than its queue (the live
+    /// role: what a meeting's participants watch).
+    pub watches: &'static [EventType],
 }
 
 pub static PERMISSION: RoleDef = RoleDef {
@@ -31,6 +34,7 @@ pub static PERMISSION: RoleDef = RoleDef {
     default_port: 8084,
     consumes: &[EventType::MeetingCreated],
     publishes: &[EventType::PermissionGranted, EventType::PermissionRevoked],
+    watches: &[],
 };
 
 pub static MEETING: RoleDef = RoleDef {
@@ -44,9 +48,12 @@ pub static MEETING: RoleDef = RoleDef {
     ],
     publishes: &[
         EventType::MeetingCreated,
+        EventType::AgendaItemAdded,
+        EventType::AgendaItemOpened,
         EventType::ElectionCreate,
         EventType::ElectionStart,
     ],
+    watches: &[],
 };
 
 pub static ELECTION: RoleDef = RoleDef {
@@ -60,7 +67,13 @@ pub static ELECTION: RoleDef = RoleDef {
         EventType::PermissionGranted,
         EventType::PermissionRevoked,
     ],
-    publishes: &[EventType::VotingCreate, EventType::ElectionFinalized],
+    publishes: &[
+        EventType::ElectionOpened,
+        EventType::NominationAccepted,
+        EventType::VotingCreate,
+        EventType::ElectionFinalized,
+    ],
+    watches: &[],
 };
 
 pub static VOTING: RoleDef = RoleDef {
@@ -72,12 +85,40 @@ pub static VOTING: RoleDef = RoleDef {
         EventType::PermissionGranted,
         EventType::PermissionRevoked,
     ],
-    publishes: &[EventType::VotingCompleted],
+    publishes: &[
+        EventType::BallotOpened,
+        EventType::VoteCounted,
+        EventType::VotingCompleted,
+    ],
+    watches: &[],
+};
+
+pub static LIVE: RoleDef = RoleDef {
+    name: "live",
+    about: "Run the live service: each meeting's changes pushed to browsers over SSE, resumable on any replica",
+    default_port: 8085,
+    // Its queue keeps its copy of the grants, which decides who sees `permission.*`.
+    consumes: &[EventType::PermissionGranted, EventType::PermissionRevoked],
+    publishes: &[],
+    watches: &[
+        EventType::MeetingCreated,
+        EventType::AgendaItemAdded,
+        EventType::AgendaItemOpened,
+        EventType::ElectionStart,
+        EventType::ElectionOpened,
+        EventType::NominationAccepted,
+        EventType::BallotOpened,
+        EventType::VoteCounted,
+        EventType::VotingCompleted,
+        EventType::ElectionFinalized,
+        EventType::PermissionGranted,
+        EventType::PermissionRevoked,
+    ],
 };
 
 /// Every role, in the order `app all` starts them (consumers of the first events first).
 /// Adding a role: its facts here, and its folder under `roles/` with one registry line.
-pub static ALL: &[Role] = &[&PERMISSION, &MEETING, &ELECTION, &VOTING];
+pub static ALL: &[Role] = &[&PERMISSION, &LIVE, &MEETING, &ELECTION, &VOTING];
 
 impl RoleDef {
     /// Default `SERVICE_NAME`, which is also the default queue name.
@@ -130,11 +171,11 @@ impl EventType {
             .filter(move |r| r.publishes.contains(&self))
     }
 
-    /// The roles that consume this event.
+    /// The roles that consume this event, from their queue or from the live stream.
     pub fn consumers(self) -> impl Iterator<Item = Role> {
         ALL.iter()
             .copied()
-            .filter(move |r| r.consumes.contains(&self))
+            .filter(move |r| r.consumes.contains(&self) || r.watches.contains(&self))
     }
 }
 

@@ -84,6 +84,7 @@ pub(crate) async fn run_all(dev: bool) -> Result<(), Failure> {
             s.jwt_secret()?;
         }
     }
+    one_page(&mut all, &env);
     if dev {
         tracing::warn!(
             "development mode: tokens are signed and checked with the development key (`app token --dev`), \
@@ -123,11 +124,41 @@ pub(crate) async fn run_all(dev: bool) -> Result<(), Failure> {
     }
 }
 
-/// Development mode for one role: the development key when no secret is set, and loopback.
+/// Development mode for one role: the development key when no secret is set, loopback, and
+/// the live page's development sign-in.
 fn development_mode(s: &mut Settings) {
     s.jwt_secret
         .get_or_insert_with(|| Secret::new(DEV_JWT_SECRET));
     s.http_addr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    s.development = true;
+}
+
+/// Under `app all` each role has its own port: unless configured, the live role's page
+/// reaches each API on its port of the page's host, and the other roles let that page's
+/// origins call them (CORS).
+fn one_page(all: &mut [Settings], env: &HashMap<String, String>) {
+    let Some(live) = all.iter().find(|s| s.role == &roles::LIVE) else {
+        return;
+    };
+    let live_port = live.http_port;
+    let ports: Vec<(String, String)> = all
+        .iter()
+        .filter(|s| s.role != &roles::LIVE)
+        .map(|s| (s.role.name.to_string(), format!(":{}", s.http_port)))
+        .collect();
+    let page_origins: Vec<String> = ["127.0.0.1", "localhost"]
+        .iter()
+        .map(|host| format!("http://{host}:{live_port}"))
+        .collect();
+    for s in all.iter_mut() {
+        if s.role == &roles::LIVE {
+            if !env.contains_key("LIVE_API_ORIGINS") {
+                s.live.api_origins = ports.clone();
+            }
+        } else if !env.contains_key("CORS_ALLOWED_ORIGINS") {
+            s.cors_allowed_origins = page_origins.clone();
+        }
+    }
 }
 
 /// The signing key for a client command: AUTH_JWT_SECRET, or with `--dev` the development

@@ -319,5 +319,9 @@ pub(crate) async fn run(args: WalkArgs) -> Result<(), super::Failure> {
     // Let the last event's line print before the bus connection goes.
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!("walk complete in {:.2}s", started.elapsed().as_secs_f64());
+    println!(
+        "watch it live (sign in as alice): {}/live/#{mid}",
+        args.url(&roles::LIVE)
+    );
     Ok(())
 }

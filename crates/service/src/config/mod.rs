@@ -118,6 +118,26 @@ pub struct Settings {
     pub cors_allowed_origins: Vec<String>,
     /// How long shutdown may take to finish deliveries in hand and flush the outbox.
     pub shutdown_grace: Duration,
+    /// The live role's stream and limits.
+    pub live: LiveSettings,
+    /// Development mode (`app all --dev`): the development key, loopback only, and the live
+    /// page's cookie without `Secure` and its sign-in by user name.
+    pub development: bool,
+}
+
+/// The live role's settings (`LIVE_*`).
+#[derive(Clone, Debug)]
+pub struct LiveSettings {
+    pub stream: String,
+    pub max_age: Duration,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    pub memory_events: usize,
+    pub keepalive: Duration,
+    pub client_buffer: usize,
+    pub streams_per_user: usize,
+    /// `(role, origin)`: where the page reaches each role's API; empty: its own origin.
+    pub api_origins: Vec<(String, String)>,
 }
 
 impl Settings {

@@ -238,6 +238,7 @@ pub(super) fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Sett
         }
     }
     let shutdown_grace = parse_duration("SHUTDOWN_GRACE", &get("SHUTDOWN_GRACE"))?;
+    let live = live_settings(&get)?;
 
     Ok(Settings {
         role,
@@ -273,6 +274,107 @@ pub(super) fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Sett
         auth_leeway,
         cors_allowed_origins,
         shutdown_grace,
+        live,
+        development: false,
+    })
+}
+
+/// A whole number in `range`, or an error naming `variable`.
+fn number<T>(
+    variable: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display,
+{
+    value
+        .parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            ConfigError::new(
+                variable,
+                format!(
+                    "must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
+fn live_settings(get: &dyn Fn(&str) -> String) -> Result<LiveSettings, ConfigError> {
+    let stream = get("LIVE_STREAM").trim().to_string();
+    if stream.is_empty() || stream.len() > 200 || stream.starts_with("amq.") {
+        return Err(ConfigError::new(
+            "LIVE_STREAM",
+            "must be a queue name of 1 to 200 bytes, not starting with amq.",
+        ));
+    }
+    let max_age = parse_duration("LIVE_STREAM_MAX_AGE", &get("LIVE_STREAM_MAX_AGE"))?;
+    if max_age < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "LIVE_STREAM_MAX_AGE",
+            "must be at least 1s",
+        ));
+    }
+    let keepalive = parse_duration("LIVE_KEEPALIVE", &get("LIVE_KEEPALIVE"))?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&keepalive) {
+        return Err(ConfigError::new(
+            "LIVE_KEEPALIVE",
+            "must be from 100ms to 5m",
+        ));
+    }
+    let mut api_origins = Vec::new();
+    for entry in list(&get("LIVE_API_ORIGINS")) {
+        let bad = || {
+            ConfigError::new(
+                "LIVE_API_ORIGINS",
+                format!("{entry:?} is not role=origin, e.g. meeting=http://localhost:8081"),
+            )
+        };
+        let (role, origin) = entry.split_once('=').ok_or_else(bad)?;
+        let (role, origin) = (role.trim(), origin.trim().trim_end_matches('/'));
+        system::find(role).map_err(|e| ConfigError::new("LIVE_API_ORIGINS", e))?;
+        let port_only = origin
+            .strip_prefix(':')
+            .is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !(port_only || origin.starts_with("http://") || origin.starts_with("https://")) {
+            return Err(bad());
+        }
+        api_origins.push((role.to_string(), origin.to_string()));
+    }
+    Ok(LiveSettings {
+        stream,
+        max_age,
+        max_bytes: number(
+            "LIVE_STREAM_MAX_BYTES",
+            &get("LIVE_STREAM_MAX_BYTES"),
+            1000..=u64::MAX / 2,
+        )?,
+        segment_bytes: number(
+            "LIVE_STREAM_SEGMENT_BYTES",
+            &get("LIVE_STREAM_SEGMENT_BYTES"),
+            100..=3_000_000_000,
+        )?,
+        memory_events: number(
+            "LIVE_MEMORY_EVENTS",
+            &get("LIVE_MEMORY_EVENTS"),
+            1..=1_000_000,
+        )?,
+        keepalive,
+        client_buffer: number(
+            "LIVE_CLIENT_BUFFER",
+            &get("LIVE_CLIENT_BUFFER"),
+            1..=100_000,
+        )?,
+        streams_per_user: number(
+            "LIVE_STREAMS_PER_USER",
+            &get("LIVE_STREAMS_PER_USER"),
+            1..=10_000,
+        )?,
+        api_origins,
     })
 }
 

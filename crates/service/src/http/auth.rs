@@ -42,11 +42,51 @@ impl Auth {
 
     /// The user id of a valid token.
     pub(crate) fn verify(&self, token: &str) -> Result<String, ApiError> {
+        Ok(self.verify_token(token)?.user)
+    }
+
+    /// The user of a valid token and when it expires.
+    pub(crate) fn verify_token(&self, token: &str) -> Result<Verified, ApiError> {
         let data = decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| ApiError::Unauthorized(format!("invalid bearer token: {e}")))?;
         valid_user(&data.claims.sub)?;
-        Ok(data.claims.sub)
+        Ok(Verified {
+            user: data.claims.sub,
+            expires_at: data.claims.exp,
+        })
     }
+
+    /// Whether `token` is signed with this key and valid but for its expiry (the live
+    /// stream answers such a cookie with `reauth`, not 401).
+    pub(crate) fn expired_only(&self, token: &str) -> bool {
+        let mut lenient = self.validation.clone();
+        lenient.validate_exp = false;
+        decode::<Claims>(token, &self.key, &lenient)
+            .is_ok_and(|d| valid_user(&d.claims.sub).is_ok())
+    }
+}
+
+/// A token that verified.
+#[derive(Clone, Debug)]
+pub(crate) struct Verified {
+    pub(crate) user: String,
+    /// `exp`, in Unix seconds.
+    pub(crate) expires_at: u64,
+}
+
+/// The token of an `Authorization: Bearer <token>` header; `None` without the header.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<Result<&str, ApiError>> {
+    let header = headers.get(axum::http::header::AUTHORIZATION)?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    Some(
+        header
+            .to_str()
+            .ok()
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(|| ApiError::Unauthorized("Authorization must be: Bearer <token>".into())),
+    )
 }
 
 /// A user id from a token: not empty, no surrounding space, no control characters, at most
@@ -94,19 +134,9 @@ pub(crate) async fn require_user(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let header = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token>".into()))?;
-    // The scheme is case-insensitive (RFC 9110 §11.1).
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| h.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token)
-        .ok_or_else(|| ApiError::Unauthorized("Authorization must be: Bearer <token>".into()))?;
-    let user = state.auth.verify(token.trim())?;
+    let token = bearer(request.headers())
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <token>".into()))??;
+    let user = state.auth.verify(token)?;
     request.extensions_mut().insert(User(user));
     Ok(next.run(request).await)
 }

@@ -33,6 +33,9 @@ pub(crate) enum ApiError {
     /// 409: the resource is not in a state that allows this.
     #[error("{0}")]
     Conflict(String),
+    /// 429: the caller holds as many of a resource as it may (open live streams).
+    #[error("{0}")]
+    TooMany(String),
     /// 422: well-formed, but a value is not acceptable.
     #[error("{0}")]
     Invalid(String),
@@ -74,6 +77,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Store(e) if crate::store::is_retryable(e) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "busy")

@@ -25,7 +25,6 @@ pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery};
 pub(crate) use serve::{serve, Limits};
 
 use crate::messaging::{Broker, Outbox};
-use crate::store::Store;
 
 /// What every request handler of a role can reach.
 #[derive(Clone)]
@@ -33,19 +32,24 @@ pub(crate) struct AppState {
     pub(crate) service: Arc<str>,
     /// For reads; writes go through [`Outbox::begin`] or [`Store::begin`].
     pub(crate) pool: AnyPool,
-    pub(crate) store: Store,
     pub(crate) broker: Broker,
     pub(crate) auth: Arc<Auth>,
     /// Units of work whose events are committed with them.
     pub(crate) outbox: Outbox,
     /// The role's settings (limits the handlers enforce).
     pub(crate) settings: Arc<crate::config::Settings>,
+    /// A role's own readiness check, if it has one: why it is not ready.
+    pub(crate) role_ready: Arc<std::sync::OnceLock<RoleReady>>,
 }
+
+/// A role's own readiness check (the live role: its stream reader attached).
+pub(crate) type RoleReady = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// The role's routes behind auth, plus the probe routes, fallbacks and layers.
 pub(crate) fn app(
     state: AppState,
     api: Router<AppState>,
+    open: Router<AppState>,
     settings: &crate::config::Settings,
 ) -> Router {
     let cors_origins = &settings.cors_allowed_origins;
@@ -63,6 +67,7 @@ pub(crate) fn app(
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(api)
+        .merge(open)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -131,6 +136,9 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
     if let Err(why) = state.broker.consumer_status() {
         reasons.push(format!("consumer: {why}"));
+    }
+    if let Some(why) = state.role_ready.get().and_then(|check| check()) {
+        reasons.push(why);
     }
     let store = tokio::time::timeout(
         Duration::from_secs(2),

@@ -5,36 +5,64 @@
 
 mod election;
 mod grants;
+mod live;
 mod meeting;
 mod permission;
 mod runner;
 mod voting;
 
 use axum::Router;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::http::AppState;
 use crate::messaging::EventHandler;
 use crate::store::Migrations;
 
-pub use crate::system::{find, Role, RoleDef, ALL, ELECTION, MEETING, PERMISSION, VOTING};
+pub use crate::system::{find, Role, RoleDef, ALL, ELECTION, LIVE, MEETING, PERMISSION, VOTING};
 pub(crate) use runner::run;
 
 /// What a role does, attached to its facts.
 pub(crate) struct Behaviour {
     /// The role's facts.
     pub(crate) role: Role,
-    /// The role's routes (auth, probes and fallbacks are added by [`crate::http::app`]).
-    pub(crate) router: fn() -> Router<AppState>,
+    /// The role's routes and the work it runs beside its consumer, given the shared state
+    /// and the token that stops intake (auth, probes and fallbacks are added by
+    /// [`crate::http::app`]).
+    pub(crate) start: fn(&AppState, &CancellationToken) -> anyhow::Result<Parts>,
     /// The role's event handler.
     pub(crate) handler: EventHandler,
     /// Migration sets applied in order on start (each with its own version range).
     pub(crate) migrations: &'static [&'static Migrations],
 }
 
+/// What a role adds to the shared parts when it starts.
+pub(crate) struct Parts {
+    /// Routes behind the bearer token.
+    pub(crate) api: Router<AppState>,
+    /// Routes that check their own credential, or need none (the live role's stream, which a
+    /// browser opens with a cookie, and its page).
+    pub(crate) open: Router<AppState>,
+    /// Tasks that run until intake stops; shutdown waits for them like for the consumer.
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+}
+
+impl Parts {
+    /// Only routes behind the bearer token.
+    pub(crate) fn api(api: Router<AppState>) -> anyhow::Result<Self> {
+        Ok(Self {
+            api,
+            open: Router::new(),
+            tasks: Vec::new(),
+        })
+    }
+}
+
 /// Every role's behaviour. Adding a role: its facts in `system.rs`, a folder with its
 /// `BEHAVIOUR`, a `mod` line above and an entry here.
 pub(crate) static REGISTRY: &[&Behaviour] = &[
     &permission::BEHAVIOUR,
+    &live::BEHAVIOUR,
     &meeting::BEHAVIOUR,
     &election::BEHAVIOUR,
     &voting::BEHAVIOUR,

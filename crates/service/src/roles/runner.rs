@@ -56,13 +56,14 @@ pub(crate) async fn run(
     let state = AppState {
         service: service.clone().into(),
         pool: store.pool().clone(),
-        store: store.clone(),
         broker: broker.clone(),
         auth: Arc::new(auth),
         outbox,
         settings: Arc::new(settings.clone()),
+        role_ready: Arc::default(),
     };
-    let app = http::app(state, (role.router)(), &settings);
+    let parts = (role.start)(&state, &intake)?;
+    let app = http::app(state, parts.api, parts.open, &settings);
     let addr = listener.local_addr()?;
     let limits = http::Limits {
         max_connections: settings.http_max_connections,
@@ -85,6 +86,9 @@ pub(crate) async fn run(
     if tokio::time::timeout(bound, async {
         let _ = (&mut server).await;
         let _ = consumer.await;
+        for task in parts.tasks {
+            let _ = task.await;
+        }
     })
     .await
     .is_err()

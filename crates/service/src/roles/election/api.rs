@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{self, Election, ElectionResult};
 use crate::domain::ElectionStatus;
+use crate::events::{Event, NominationAccepted};
 use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
 use crate::roles::grants;
 
@@ -114,7 +115,7 @@ async fn nominate(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Nomination>,
 ) -> Result<(StatusCode, Json<NominationView>), ApiError> {
-    let mut tx = state.store.begin().await?;
+    let mut tx = state.outbox.begin().await?;
     let e = store::by_id_locked(&mut tx, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no election {id}")))?;
@@ -143,6 +144,13 @@ async fn nominate(
             "{candidate} is already nominated"
         )));
     }
+    tx.emit(Event::NominationAccepted(NominationAccepted {
+        election_id: id.clone(),
+        meeting_id: e.meeting_id.clone(),
+        candidate: candidate.clone(),
+        nominated_by: user.0.clone(),
+    }))
+    .await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::store::{self, ElectionResult};
 use crate::domain::{decide, votes_counted, ElectionStatus, Outcome};
 use crate::envelope::Envelope;
-use crate::events::{ElectionFinalized, Event, VotingCompleted, VotingCreate};
+use crate::events::{ElectionFinalized, ElectionOpened, Event, VotingCompleted, VotingCreate};
 use crate::messaging::{HandleError, HandlerResult, Work};
 use crate::roles::grants;
 
@@ -16,15 +16,17 @@ use crate::roles::grants;
 pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> HandlerResult {
     match event {
         Event::ElectionCreate(c) => {
-            store::insert(
-                tx,
-                &Uuid::new_v4().to_string(),
-                &c.meeting_id,
-                &c.agenda_item_id,
-                &c.title,
-            )
-            .await?;
-            Ok(())
+            let id = Uuid::new_v4().to_string();
+            if !store::insert(tx, &id, &c.meeting_id, &c.agenda_item_id, &c.title).await? {
+                return Ok(()); // this item's election exists already
+            }
+            let opened = ElectionOpened {
+                election_id: id,
+                meeting_id: c.meeting_id,
+                agenda_item_id: c.agenda_item_id,
+                title: c.title,
+            };
+            Ok(tx.emit(Event::ElectionOpened(opened)).await?)
         }
         Event::ElectionStart(s) => {
             let Some(e) = store::by_item_locked(tx, &s.meeting_id, &s.agenda_item_id).await? else {

@@ -10,7 +10,9 @@ use uuid::Uuid;
 use super::store::{self, AgendaItem, Meeting};
 use crate::domain::{ItemKind, ItemStatus};
 use crate::envelope::now_rfc3339;
-use crate::events::{ElectionCreate, ElectionStart, Event, MeetingCreated};
+use crate::events::{
+    AgendaItemAdded, AgendaItemOpened, ElectionCreate, ElectionStart, Event, MeetingCreated,
+};
 use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
 use crate::messaging::Work;
 use crate::roles::grants;
@@ -158,7 +160,7 @@ async fn add_item(
         ApiError::Invalid(format!("kind must be {}, not {:?}", e.choices(), body.kind))
     })?;
     let item_id = Uuid::new_v4().to_string();
-    let mut tx = state.store.begin().await?;
+    let mut tx = state.outbox.begin().await?;
     // The next position is read and taken under the meeting's lock.
     store::meeting_locked(&mut tx, &id).await?;
     store::insert_item(
@@ -175,10 +177,18 @@ async fn add_item(
         },
     )
     .await?;
-    tx.commit().await?;
-    let item = store::item(&state.pool, &id, &item_id)
+    let item = store::item(&mut *tx, &id, &item_id)
         .await?
         .ok_or_else(|| ApiError::Internal("agenda item vanished after insert".into()))?;
+    tx.emit(Event::AgendaItemAdded(AgendaItemAdded {
+        meeting_id: id.clone(),
+        agenda_item_id: item_id.clone(),
+        position: item.position,
+        title: item.title.clone(),
+        kind: item.kind,
+    }))
+    .await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(item)))
 }
 
@@ -225,6 +235,13 @@ async fn open_item(
     }
     store::set_item_status(&mut tx, &item_id, ItemStatus::Open).await?;
     store::set_current_item(&mut tx, &id, Some(&item_id)).await?;
+    tx.emit(Event::AgendaItemOpened(AgendaItemOpened {
+        meeting_id: id.clone(),
+        agenda_item_id: item_id.clone(),
+        kind: item.kind,
+        previous_item_id: meeting.current_item_id.clone(),
+    }))
+    .await?;
     if item.kind == ItemKind::Election {
         tx.emit(Event::ElectionCreate(ElectionCreate {
             meeting_id: id.clone(),

@@ -11,7 +11,7 @@ use crate::store::{Migrations, COMMON};
 /// What the meeting role does.
 pub(super) static BEHAVIOUR: Behaviour = Behaviour {
     role: &crate::system::MEETING,
-    router: api::router,
+    start: |_, _| super::Parts::api(api::router()),
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],
 };

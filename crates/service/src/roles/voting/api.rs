@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{self, Ballot};
 use crate::domain::BallotStatus;
-use crate::events::{Event, VotingCompleted};
+use crate::events::{Event, VoteCounted, VotingCompleted};
 use crate::http::{page, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
 use crate::roles::grants;
 
@@ -131,8 +131,9 @@ async fn vote(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Vote>,
 ) -> Result<(StatusCode, Json<VoteView>), ApiError> {
-    let mut tx = state.store.begin().await?;
-    let b = found(&id, store::by_id_locked(&mut tx, &id, false).await?)?;
+    // The ballot's row is held until commit, so each vote counted names its own total.
+    let mut tx = state.outbox.begin().await?;
+    let b = found(&id, store::by_id_locked(&mut tx, &id, true).await?)?;
     if b.status != BallotStatus::Open {
         return Err(ApiError::Conflict(format!("ballot {id} is closed")));
     }
@@ -154,6 +155,13 @@ async fn vote(
             user.0
         )));
     }
+    let votes_cast = store::votes_cast(&mut *tx, &id).await?;
+    tx.emit(Event::VoteCounted(VoteCounted {
+        ballot_id: id.clone(),
+        meeting_id: b.meeting_id.clone(),
+        votes_cast: u64::try_from(votes_cast).unwrap_or_default(),
+    }))
+    .await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,

@@ -5,7 +5,7 @@ use uuid::Uuid;
 use super::store::{self, Ballot};
 use crate::domain::BallotStatus;
 use crate::envelope::{now_rfc3339, Envelope};
-use crate::events::Event;
+use crate::events::{BallotOpened, Event};
 use crate::messaging::{HandleError, HandlerResult, Work};
 use crate::roles::grants;
 use crate::store::Json;
@@ -32,8 +32,16 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
                 created_at: now_rfc3339(),
                 closed_at: None,
             };
-            store::insert(tx, &ballot).await?;
-            Ok(())
+            if !store::insert(tx, &ballot).await? {
+                return Ok(()); // this election's ballot exists already
+            }
+            let opened = BallotOpened {
+                ballot_id: ballot.id,
+                election_id: ballot.election_id,
+                meeting_id: ballot.meeting_id,
+                options: ballot.options.0,
+            };
+            Ok(tx.emit(Event::BallotOpened(opened)).await?)
         }
         Event::PermissionGranted(change) => grants::apply(tx, &change, true).await,
         Event::PermissionRevoked(change) => grants::apply(tx, &change, false).await,
