@@ -10,6 +10,7 @@ mod contract;
 mod faults;
 mod flow;
 mod interop;
+mod live;
 mod messaging;
 mod operator;
 mod permissions;

@@ -22,10 +22,10 @@ impl Drop for Procs {
 }
 
 #[tokio::test]
-async fn four_processes_carry_a_meeting_through_grants_to_its_result() {
+async fn five_processes_carry_a_meeting_through_grants_to_its_result() {
     let ctx = Ctx::new();
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let roles = [&MEETING, &ELECTION, &VOTING, &PERMISSION];
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let roles = [&MEETING, &ELECTION, &VOTING, &PERMISSION, &LIVE];
     let mut procs = Procs(Vec::new());
     for (role, port) in roles.iter().zip(&ports) {
         procs.0.push(spawn_process(&ctx, role, *port));
@@ -36,6 +36,7 @@ async fn four_processes_carry_a_meeting_through_grants_to_its_result() {
         election: base(1),
         voting: base(2),
         permission: base(3),
+        live: base(4),
     };
     for (i, role) in roles.iter().enumerate() {
         assert!(

@@ -8,6 +8,7 @@
 mod broker;
 mod client;
 mod roles;
+mod sse;
 mod wait;
 
 use std::collections::HashMap;
@@ -15,9 +16,10 @@ use std::path::Path;
 
 pub use broker::*;
 pub use client::*;
-pub use meeting_events::roles::{Role, ELECTION, MEETING, PERMISSION, VOTING};
+pub use meeting_events::roles::{Role, ELECTION, LIVE, MEETING, PERMISSION, VOTING};
 use meeting_events::Settings;
 pub use roles::*;
+pub use sse::*;
 pub use wait::*;
 
 pub const SECRET: &str = "integration-test-secret-0123456789";
@@ -94,6 +96,7 @@ impl Ctx {
             ("HTTP_ADDR", "127.0.0.1".to_string()),
             ("HTTP_PORT", "0".to_string()),
             ("SHUTDOWN_GRACE", "5s".to_string()),
+            ("LIVE_STREAM", format!("{}-live", self.prefix)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

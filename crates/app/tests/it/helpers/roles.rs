@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{eventually, quiet_logs, Client, Ctx, Role, ELECTION, MEETING, PERMISSION, VOTING};
+use super::{
+    eventually, quiet_logs, Client, Ctx, Role, ELECTION, LIVE, MEETING, PERMISSION, VOTING,
+};
 
 /// A role running inside the test process.
 pub struct Running {
@@ -66,21 +68,24 @@ pub struct Urls {
     pub election: String,
     pub voting: String,
     pub permission: String,
+    pub live: String,
 }
 
-/// All four roles of one test.
+/// All five roles of one test.
 pub struct Stack {
     pub meeting: Running,
     pub election: Running,
     pub voting: Running,
     pub permission: Running,
+    pub live: Running,
 }
 
 impl Stack {
     pub async fn start(ctx: &Ctx) -> Self {
         // Consumers first: their queues exist before anything is published.
-        let (permission, election, voting, meeting) = tokio::join!(
+        let (permission, live, election, voting, meeting) = tokio::join!(
             Running::spawn(ctx, &PERMISSION),
+            Running::spawn(ctx, &LIVE),
             Running::spawn(ctx, &ELECTION),
             Running::spawn(ctx, &VOTING),
             Running::spawn(ctx, &MEETING),
@@ -90,6 +95,7 @@ impl Stack {
             election,
             voting,
             permission,
+            live,
         }
     }
 
@@ -99,11 +105,18 @@ impl Stack {
             election: self.election.base.clone(),
             voting: self.voting.base.clone(),
             permission: self.permission.base.clone(),
+            live: self.live.base.clone(),
         }
     }
 
     pub async fn stop(self) {
-        for r in [self.meeting, self.election, self.voting, self.permission] {
+        for r in [
+            self.meeting,
+            self.election,
+            self.voting,
+            self.permission,
+            self.live,
+        ] {
             r.stop().await.expect("clean stop");
         }
     }

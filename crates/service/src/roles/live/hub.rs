@@ -186,9 +186,11 @@ impl Hub {
         let item = Arc::new(item);
         let mut ring = self.ring.write().unwrap_or_else(|e| e.into_inner());
         if let Some(last) = ring.back() {
-            if item.position.offset != last.position.offset + 1 {
+            // Offsets grow but may skip (the stream's own bookkeeping takes some); one that
+            // does not grow is a stream declared anew.
+            if item.position.offset <= last.position.offset {
                 tracing::warn!(
-                    expected = last.position.offset + 1,
+                    after = last.position.offset,
                     got = item.position.offset,
                     "the live stream does not continue where this replica left it; open streams are told to resync"
                 );
@@ -222,7 +224,9 @@ impl Hub {
             // may be ahead): the stream decides.
             return Attach::Replay;
         }
-        let index = (from.offset - first) as usize;
+        let Ok(index) = ring.binary_search_by_key(&from.offset, |i| i.position.offset) else {
+            return Attach::Resync("the id names no event of this stream");
+        };
         if ring[index].position != from {
             return Attach::Resync("the id names another event of this offset");
         }
@@ -237,7 +241,9 @@ impl Hub {
     pub(super) fn join_after(&self, sent: Position) -> Option<Attach> {
         let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
         let (first, last) = (ring.front()?.position.offset, ring.back()?.position.offset);
-        if first > sent.offset + 1 || last < sent.offset {
+        // The memory is one unbroken read of the stream: once it starts at or before
+        // `sent`, it holds everything after it.
+        if first > sent.offset || last < sent.offset {
             return None;
         }
         Some(Attach::Live {
@@ -353,12 +359,16 @@ mod tests {
             hub.push(item(o, "m"));
         }
         let at = |offset| Position { offset, tag: 0 };
-        assert!(hub.join_after(at(10)).is_none(), "21 and before are gone");
-        match hub.join_after(at(22)) {
+        assert!(hub.join_after(at(10)).is_none(), "22 and before are gone");
+        assert!(
+            hub.join_after(at(22)).is_none(),
+            "what followed 22 may be gone"
+        );
+        match hub.join_after(at(23)) {
             Some(Attach::Live { backlog, .. }) => {
-                assert_eq!(backlog.len(), 3, "23, 24, 25");
+                assert_eq!(backlog.len(), 2, "24, 25");
             }
-            _ => panic!("22 is just before the memory"),
+            _ => panic!("23 is the first in memory"),
         }
     }
 

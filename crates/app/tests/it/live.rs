@@ -1,0 +1,594 @@
+//! The live role against a real broker (docs/architecture.md §12): a meeting's events on the
+//! stream in order, resumed on another replica from memory or from the stream, `resync` for
+//! an id the stream no longer holds, the cookie and `reauth`, the read policy on every event,
+//! and slow clients.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn stream_url(live: &str, meeting: &str) -> String {
+    format!("{live}/live/meetings/{meeting}")
+}
+
+/// Add an agenda item; its id.
+async fn add_item(urls: &Urls, who: &Client, meeting: &str, title: &str, kind: &str) -> String {
+    let (s, item) = who
+        .post(
+            &format!("{}/meetings/{meeting}/agenda-items", urls.meeting),
+            json!({"title": title, "kind": kind}),
+        )
+        .await;
+    assert_eq!(s, 201, "{item}");
+    item["id"].as_str().unwrap().to_string()
+}
+
+fn event_ids(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.data["event_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The offset part of an SSE id.
+fn offset(e: &SseEvent) -> u64 {
+    e.id.as_deref()
+        .and_then(|id| id.split_once('-'))
+        .and_then(|(o, _)| o.parse().ok())
+        .expect("an id <offset>-<tag>")
+}
+
+#[tokio::test]
+async fn a_walk_reaches_the_stream_in_order_and_resumes_on_another_replica_exactly() {
+    let mut ctx = Ctx::new();
+    // The second replica keeps three events in memory: its resume reads the stream.
+    let stack = Stack::start(&ctx).await;
+    ctx.per_role.insert(
+        LIVE.name,
+        [("LIVE_MEMORY_EVENTS".to_string(), "3".to_string())].into(),
+    );
+    let other = Running::spawn(&ctx, &LIVE).await;
+    let urls = stack.urls();
+    let alice = Client::as_user("alice");
+    let meeting = meeting_with_manager(&urls, &alice, "Live walk").await;
+
+    let mut first = Sse::as_user(&stream_url(&urls.live, &meeting), "alice").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["content-type"], "text/event-stream");
+    assert_eq!(first.headers["cache-control"], "no-cache");
+    assert_eq!(first.headers["x-accel-buffering"], "no");
+    assert!(first.headers.get("content-encoding").is_none());
+
+    let item = add_item(&urls, &alice, &meeting, "Chair", "election").await;
+    let (s, _) = alice
+        .post(
+            &format!(
+                "{}/meetings/{meeting}/agenda-items/{item}/open",
+                urls.meeting
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let opened = first.until("election.opened", WAIT).await;
+    let election = opened.last().unwrap().data["election_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for who in ["ada", "grace"] {
+        let (s, body) = Client::as_user(who)
+            .post(
+                &format!("{}/elections/{election}/nominations", urls.election),
+                json!({"candidate": who}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let nominated = first.until("election.nomination.accepted", WAIT).await;
+    let seen_before_drop: Vec<SseEvent> = opened.into_iter().chain(nominated).collect();
+    // The browser goes away after the first nomination reached it.
+    let resume_from = seen_before_drop.last().unwrap().id.clone().unwrap();
+    drop(first);
+
+    // Meanwhile the meeting goes on.
+    let (s, _) = alice
+        .post(
+            &format!(
+                "{}/meetings/{meeting}/agenda-items/{item}/start-election",
+                urls.meeting
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let ballot = eventually(WAIT, || async {
+        let (_, list) = alice
+            .get(&format!("{}/ballots?election_id={election}", urls.voting))
+            .await;
+        list.as_array()?.first()?["id"].as_str().map(String::from)
+    })
+    .await
+    .expect("a ballot");
+    for (who, choice) in [("alice", "ada"), ("bob", "ada"), ("carol", "grace")] {
+        let (s, body) = Client::as_user(who)
+            .post(
+                &format!("{}/ballots/{ballot}/votes", urls.voting),
+                json!({"choice": choice}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let (s, _) = alice
+        .post(
+            &format!("{}/ballots/{ballot}/close", urls.voting),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // A full record of the meeting's events, from memory, for comparison.
+    let mut whole = Sse::open(
+        &format!(
+            "{}?last_event_id={}",
+            stream_url(&urls.live, &meeting),
+            seen_before_drop[0].id.as_deref().unwrap()
+        ),
+        &[("authorization", format!("Bearer {}", token("alice")))],
+    )
+    .await;
+    let rest = whole.until("election.finalized", WAIT).await;
+    let all: Vec<SseEvent> = seen_before_drop
+        .iter()
+        .take(1)
+        .cloned()
+        .chain(rest)
+        .collect();
+    let types: Vec<&str> = all.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "agenda.item.added",
+            "agenda.item.opened",
+            "election.opened",
+            "election.nomination.accepted",
+            "election.nomination.accepted",
+            "agenda.election.start",
+            "voting.ballot.opened",
+            "voting.vote.counted",
+            "voting.vote.counted",
+            "voting.vote.counted",
+            "voting.completed",
+            "election.finalized",
+        ],
+        "the walk's events in the order they were committed"
+    );
+    let offsets: Vec<u64> = all.iter().map(offset).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    let counted: Vec<u64> = all
+        .iter()
+        .filter(|e| e.event == "voting.vote.counted")
+        .map(|e| e.data["votes_cast"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counted, [1, 2, 3]);
+    for e in all.iter().filter(|e| e.event == "voting.vote.counted") {
+        let keys: HashSet<&str> = e
+            .data
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            HashSet::from([
+                "ballot_id",
+                "meeting_id",
+                "votes_cast",
+                "event_id",
+                "timestamp"
+            ]),
+            "a vote counted says how many, never who or for whom"
+        );
+    }
+
+    // Reconnect to the other replica with the last id seen: exactly what was missed, in
+    // order, read from the stream (its memory holds three events), then the live tail.
+    let mut resumed = Sse::open(
+        &stream_url(&other.base, &meeting),
+        &[
+            ("authorization", format!("Bearer {}", token("alice"))),
+            ("last-event-id", resume_from.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(resumed.status, 200);
+    let missed = resumed.until("election.finalized", WAIT).await;
+    let expected: Vec<String> = event_ids(&all)
+        .into_iter()
+        .skip_while(|id| {
+            Some(id.as_str()) != seen_before_drop.last().unwrap().data["event_id"].as_str()
+        })
+        .skip(1)
+        .collect();
+    assert_eq!(event_ids(&missed), expected, "exactly the missed events");
+    add_item(&urls, &alice, &meeting, "Any other business", "discussion").await;
+    let live = resumed.next(WAIT).await.expect("then the live tail");
+    assert_eq!(live.event, "agenda.item.added");
+    assert_eq!(live.data["title"], "Any other business");
+    let from_stream = metrics_text(&other.base).await;
+    assert!(
+        from_stream.contains("live_resumes_total{from=\"stream\"} 1"),
+        "{from_stream}"
+    );
+
+    // And on the first replica, from memory.
+    let mut again = Sse::open(
+        &stream_url(&urls.live, &meeting),
+        &[
+            ("authorization", format!("Bearer {}", token("alice"))),
+            ("last-event-id", resume_from),
+        ],
+    )
+    .await;
+    let missed_again = again.until("agenda.item.added", WAIT).await;
+    assert_eq!(event_ids(&missed_again)[..expected.len()], expected[..]);
+    assert!(metrics_text(&urls.live)
+        .await
+        .contains("live_resumes_total{from=\"memory\"}"));
+
+    // Stopping a replica ends its streams with a reconnect delay spread over 1–5 s.
+    other.stop().await.unwrap();
+    assert!(resumed.wait_end(WAIT).await, "the stream ends on stop");
+    let retry = *resumed.retries.last().expect("a retry: hint");
+    assert!((1000..=5000).contains(&retry), "{retry}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_id_of_another_event_is_answered_with_resync_and_a_malformed_one_refused() {
+    let mut ctx = Ctx::new();
+    ctx.extra
+        .insert("LIVE_MEMORY_EVENTS".to_string(), "2".to_string());
+    let stack = Stack::start(&ctx).await;
+    let urls = stack.urls();
+    let alice = Client::as_user("alice");
+    let meeting = meeting_with_manager(&urls, &alice, "Resync").await;
+    let mut watch = Sse::as_user(&stream_url(&urls.live, &meeting), "alice").await;
+    for n in 0..10 {
+        add_item(&urls, &alice, &meeting, &format!("Item {n}"), "discussion").await;
+    }
+    let mut later = Vec::new();
+    while later.len() < 10 {
+        later.push(watch.next(WAIT).await.expect("every item"));
+    }
+    let resume = |id: String| {
+        let url = format!("{}?last_event_id={id}", stream_url(&urls.live, &meeting));
+        async move { Sse::as_user(&url, "alice").await }
+    };
+
+    // An offset the stream holds but with another event's tag: a stream declared anew.
+    let held = later[later.len() - 5].id.clone().unwrap();
+    let (offset, _) = held.split_once('-').unwrap();
+    let mut forged = resume(format!("{offset}-00000000")).await;
+    assert_eq!(forged.next(WAIT).await.expect("an answer").event, "resync");
+    assert!(forged.wait_end(WAIT).await);
+
+    // A malformed id is refused with a reason, not a stream.
+    let bad = resume("yesterday".into()).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.error_body().await["message"]
+        .as_str()
+        .unwrap()
+        .contains("not an event id"));
+
+    // An id still held, older than the memory of two: read from the stream, exactly.
+    let mut fine = resume(held).await;
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(fine.next(WAIT).await.expect("the missed items"));
+    }
+    assert_eq!(event_ids(&got), event_ids(&later[later.len() - 4..]));
+    let text = metrics_text(&urls.live).await;
+    assert!(text.contains("live_resyncs_total 1"), "{text}");
+    stack.stop().await;
+}
+
+/// A token for `user` that expired a minute ago, signed with the test key.
+fn expired_token(user: &str) -> String {
+    let now = meeting_events::messaging::unix_seconds();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user, "exp": now - 60, "iat": now - 120}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_stream_takes_a_cookie_or_a_bearer_and_asks_for_reauth_before_expiry() {
+    let mut ctx = Ctx::new();
+    ctx.extra
+        .insert("LIVE_STREAMS_PER_USER".to_string(), "2".to_string());
+    let live = Running::spawn(&ctx, &LIVE).await;
+    let url = stream_url(&live.base, "m1");
+
+    // No credential, or a bad one: 401 with the JSON reason.
+    let none = Sse::open(&url, &[]).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.error_body().await["error"], "unauthorized");
+    let forged = Sse::open(&url, &[("cookie", "live_session=not.a.token".into())]).await;
+    assert_eq!(forged.status, 401);
+    let expired_bearer = Sse::open(
+        &url,
+        &[(
+            "authorization",
+            format!("Bearer {}", expired_token("alice")),
+        )],
+    )
+    .await;
+    assert_eq!(expired_bearer.status, 401);
+
+    // The session sets the cookie, scoped and guarded, no longer than the token.
+    let short = meeting_events::issue_token(
+        &meeting_events::config::Secret::new(SECRET),
+        "alice",
+        Duration::from_secs(8),
+    )
+    .unwrap();
+    let session = reqwest::Client::new()
+        .post(format!("{}/live/session", live.base))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), 200);
+    let cookie = session.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for part in ["Path=/live", "HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    let max_age: u64 = cookie
+        .split("Max-Age=")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(max_age <= 8, "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let no_bearer = reqwest::Client::new()
+        .post(format!("{}/live/session", live.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_bearer.status(), 401);
+
+    // With the cookie the stream opens, and asks for reauth before the token ends.
+    let opened = std::time::Instant::now();
+    let mut with_cookie = Sse::open(&url, &[("cookie", pair)]).await;
+    assert_eq!(with_cookie.status, 200);
+    let reauth = with_cookie
+        .next(Duration::from_secs(10))
+        .await
+        .expect("reauth");
+    assert_eq!(reauth.event, "reauth");
+    assert!(opened.elapsed() < Duration::from_secs(8), "before expiry");
+    assert!(with_cookie.wait_end(WAIT).await, "and the stream ends");
+
+    // An expired cookie of ours: reauth at once, not 401 (EventSource would stop for good).
+    let mut stale = Sse::open(
+        &url,
+        &[("cookie", format!("live_session={}", expired_token("alice")))],
+    )
+    .await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.next(WAIT).await.expect("reauth").event, "reauth");
+
+    // A user holds at most LIVE_STREAMS_PER_USER streams; one follows several meetings.
+    let a = Sse::as_user(&format!("{}/live/meetings?ids=m1,m2,m3", live.base), "bob").await;
+    let b = Sse::as_user(&url, "bob").await;
+    assert_eq!((a.status, b.status), (200, 200));
+    let c = Sse::as_user(&url, "bob").await;
+    assert_eq!(c.status, 429);
+    assert_eq!(c.error_body().await["error"], "too_many");
+    drop(a);
+    let freed = eventually(WAIT, || async {
+        let d = Sse::as_user(&url, "bob").await;
+        (d.status == 200).then_some(d)
+    })
+    .await;
+    assert!(freed.is_some(), "a closed stream frees its seat");
+    let many = Sse::as_user(&format!("{}/live/meetings?ids=", live.base), "carol").await;
+    assert_eq!(many.status, 400);
+    live.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn permission_events_reach_managers_only_and_a_revoke_takes_effect_mid_stream() {
+    let ctx = Ctx::new();
+    let stack = Stack::start(&ctx).await;
+    let urls = stack.urls();
+    let alice = Client::as_user("alice");
+    let meeting = meeting_with_manager(&urls, &alice, "Who sees grants").await;
+    let permissions = format!("{}/meetings/{meeting}/permissions", urls.permission);
+    let (s, _) = alice
+        .post(&permissions, json!({"user_id": "bob", "role": "manager"}))
+        .await;
+    assert_eq!(s, 201);
+    // Bob's grant reached the live role's copy.
+    let live_store = ctx.store(&LIVE).await;
+    eventually(WAIT, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM grants WHERE meeting_id = $1 AND user_id = 'bob' AND active = 1",
+        )
+        .bind(&meeting)
+        .fetch_one(&live_store)
+        .await
+        .ok()?;
+        (n == 1).then_some(())
+    })
+    .await
+    .expect("bob's grant copied");
+
+    let mut bob = Sse::as_user(&stream_url(&urls.live, &meeting), "bob").await;
+    let mut carol = Sse::as_user(&stream_url(&urls.live, &meeting), "carol").await;
+    let (s, _) = alice
+        .post(&permissions, json!({"user_id": "dave", "role": "manager"}))
+        .await;
+    assert_eq!(s, 201);
+    add_item(&urls, &alice, &meeting, "Marker one", "discussion").await;
+    // (Bob's own grant may reach this replica's stream after he connected: it shows too.)
+    let seen = bob.until("agenda.item.added", WAIT).await;
+    assert!(
+        seen.iter()
+            .any(|e| e.event == "permission.granted" && e.data["user_id"] == "dave"),
+        "a manager sees the grants: {seen:?}"
+    );
+
+    // Bob is revoked; what follows about grants is not his to see any more.
+    let (s, _) = alice.delete(&format!("{permissions}/bob/manager")).await;
+    assert_eq!(s, 204);
+    let (s, _) = alice
+        .post(&permissions, json!({"user_id": "erin", "role": "manager"}))
+        .await;
+    assert_eq!(s, 201);
+    add_item(&urls, &alice, &meeting, "Marker two", "discussion").await;
+    let after = bob.until("agenda.item.added", WAIT).await;
+    assert!(
+        after
+            .iter()
+            .all(|e| !(e.event == "permission.granted" && e.data["user_id"] == "erin")),
+        "a revoked manager saw a later grant: {after:?}"
+    );
+    assert_eq!(after.last().unwrap().data["title"], "Marker two");
+
+    let everything = carol.until("agenda.item.added", WAIT).await;
+    let everything: Vec<SseEvent> = everything
+        .into_iter()
+        .chain(carol.until("agenda.item.added", WAIT).await)
+        .collect();
+    assert!(
+        everything
+            .iter()
+            .all(|e| !e.event.starts_with("permission.")),
+        "carol manages nothing: {everything:?}"
+    );
+    assert_eq!(everything.len(), 2, "{everything:?}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_dropped_while_another_keeps_receiving() {
+    let mut ctx = Ctx::new();
+    ctx.extra
+        .insert("LIVE_CLIENT_BUFFER".to_string(), "64".to_string());
+    let live = Running::spawn(&ctx, &LIVE).await;
+    let meeting = "m-slow";
+    let url = stream_url(&live.base, meeting);
+
+    // The slow client: a socket with a small receive window that never reads.
+    let addr = live.base.trim_start_matches("http://").to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr.parse().unwrap()).await.unwrap();
+    slow.write_all(
+        format!(
+            "GET /live/meetings/{meeting} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+            token("sloth")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut fast = Sse::as_user(&url, "hare").await;
+    assert_eq!(fast.status, 200);
+
+    let bus = Bus::connect(&ctx).await;
+    // Far more than the socket buffers between them hold.
+    let n = 2000;
+    let title = "x".repeat(10_000);
+    let publish = async {
+        for i in 0..n {
+            let env = meeting_events::envelope::Envelope::new(
+                &meeting_events::events::Event::AgendaItemAdded(
+                    meeting_events::events::AgendaItemAdded {
+                        meeting_id: meeting.into(),
+                        agenda_item_id: format!("item-{i}"),
+                        position: i + 1,
+                        title: title.clone(),
+                        kind: meeting_events::domain::ItemKind::Discussion,
+                    },
+                ),
+                "meeting-service",
+            );
+            bus.publish(&env).await;
+        }
+    };
+    // The reading client reads while the events are published.
+    let (_, got) = tokio::join!(publish, fast.collect_for(Duration::from_secs(20)));
+    assert_eq!(got.len(), n as usize, "the reading client got every event");
+    let dropped = eventually(WAIT, || async {
+        let text = metrics_text(&live.base).await;
+        text.contains("live_slow_disconnects_total 1").then_some(())
+    })
+    .await;
+    assert!(dropped.is_some(), "{}", metrics_text(&live.base).await);
+    // The slow client finds its stream ended once it reads: what was buffered, then EOF.
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(WAIT, slow.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "the slow client's connection was closed");
+    assert!(
+        sink.len() < n as usize * 10_000,
+        "it never got everything: {}",
+        sink.len()
+    );
+    let open = metrics_text(&live.base).await;
+    assert!(open.contains("live_streams_open 1"), "{open}");
+    live.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_page_and_its_settings_are_served() {
+    let ctx = Ctx::new();
+    let live = Running::spawn(&ctx, &LIVE).await;
+    let page = reqwest::get(format!("{}/live/", live.base)).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    assert!(page.text().await.unwrap().contains("/live/page.js"));
+    let script = reqwest::get(format!("{}/live/page.js", live.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(script.contains("new EventSource"));
+    let config: Value = reqwest::get(format!("{}/live/config", live.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["development"], false);
+    let dev = reqwest::Client::new()
+        .post(format!("{}/live/dev-session", live.base))
+        .json(&json!({"user": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        dev.status(),
+        404,
+        "no sign-in by name outside development mode"
+    );
+    live.stop().await.unwrap();
+}
