@@ -106,8 +106,8 @@ async fn the_printed_permissions_carry_the_chain_and_confine_every_producer() {
     let users = users(&script);
     assert_eq!(
         users.len(),
-        5,
-        "four roles and the Python service: {script}"
+        6,
+        "five roles and the Python service: {script}"
     );
     let passwords: Vec<(String, String)> = users
         .iter()

@@ -94,7 +94,7 @@ async fn an_event_the_broker_refuses_for_good_is_set_aside_and_the_rest_flow() {
         "/",
         &meeting_user,
         &ctx.exchange,
-        "^(meeting\\.created|agenda\\.election\\.start)$",
+        "^(meeting\\.created|agenda\\.item\\.(added|opened)|agenda\\.election\\.start)$",
         ".*",
     ]);
     let stack = Stack::start(&ctx).await;

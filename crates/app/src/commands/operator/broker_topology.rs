@@ -188,7 +188,12 @@ pub(crate) fn permissions(vhost: &str) -> Result<String, Failure> {
             .find(|(r, _)| r == role.name)
             .map_or_else(|| role.service_name(), |(_, u)| u.clone());
         let (ex, q) = (regex_escape(&mq.exchange), regex_escape(&mq.queue));
-        let own = format!("{q}|{q}\\.retry\\..+|{q}\\.dlq");
+        let mut own = format!("{q}|{q}\\.retry\\..+|{q}\\.dlq");
+        if !role.watches.is_empty() {
+            // The live role declares, binds and reads the shared stream too.
+            own.push('|');
+            own.push_str(&regex_escape(&s.live.stream));
+        }
         let keys: Vec<String> = role
             .publishes
             .iter()
