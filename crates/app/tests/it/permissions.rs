@@ -93,6 +93,7 @@ async fn the_printed_permissions_carry_the_chain_and_confine_every_producer() {
         ("MQ_EXCHANGE", ctx.exchange.clone()),
         ("MQ_PRODUCERS", producers.join(",")),
         ("MQ_INGRESS", py.clone()),
+        ("LIVE_STREAM", ctx.env(&LIVE)["LIVE_STREAM"].clone()),
         (
             "MQ_RETRY_DELAYS",
             ctx.env(&MEETING)["MQ_RETRY_DELAYS"].clone(),
