@@ -97,31 +97,13 @@ async fn a_walk_reaches_the_stream_in_order_and_resumes_on_another_replica_exact
     drop(first);
 
     // Meanwhile the meeting goes on.
-    let (s, _) = alice
-        .post(
-            &format!(
-                "{}/meetings/{meeting}/agenda-items/{item}/start-election",
-                urls.meeting
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200);
-    let ballot = eventually(WAIT, || async {
-        let (_, list) = alice
-            .get(&format!("{}/ballots?election_id={election}", urls.voting))
-            .await;
-        list.as_array()?.first()?["id"].as_str().map(String::from)
-    })
-    .await
-    .expect("a ballot");
+    crate::flow::start(&urls, &alice, &meeting, &item).await;
+    let ballot = crate::flow::ballot_of(&urls, &alice, &election).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for (who, choice) in [("alice", "ada"), ("bob", "ada"), ("carol", "grace")] {
-        let (s, body) = Client::as_user(who)
-            .post(
-                &format!("{}/ballots/{ballot}/votes", urls.voting),
-                json!({"choice": choice}),
-            )
-            .await;
+        let (s, body) = crate::flow::vote(&urls, &Client::as_user(who), &ballot, choice).await;
         assert_eq!(s, 201, "{body}");
     }
     let (s, _) = alice

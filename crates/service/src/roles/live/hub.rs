@@ -307,8 +307,6 @@ mod tests {
     #[test]
     fn an_untrusted_or_foreign_message_holds_its_place_and_shows_nothing() {
         assert!(Item::new(1, b"not json", |_| true).event.is_none());
-        let env = item(0, "m").position;
-        let _ = env;
         let body = Envelope::new(
             &Event::MeetingCreated(MeetingCreated {
                 meeting_id: "m".into(),
