@@ -64,7 +64,7 @@ mkdir -p "$tools/run"
 (cd "$tools/run" && CONFIG_DIR="$repo/config" MQ_EXCHANGE=ops-check exec "$repo/target/debug/app" all --dev >"$tools/app.log" 2>&1) &
 app_pid=$!
 MQ_EXCHANGE=ops-check target/debug/app walk --dev >/dev/null
-for port in 8081 8082 8083 8084; do
+for port in 8081 8082 8083 8084 8085; do
   curl -fsS "http://127.0.0.1:$port/metrics" >"$tools/metrics-$port.txt"
   promtool check metrics <"$tools/metrics-$port.txt"
   echo "port $port: $(grep -c '^# TYPE' "$tools/metrics-$port.txt") metric families, promtool clean"

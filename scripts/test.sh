@@ -15,6 +15,8 @@ if ! python3 -c 'import pika' 2>/dev/null; then
 fi
 
 if [ "${1:-}" != "--suites" ]; then
+  # The page test drives Debian's headless Chromium.
+  scripts/browser.sh install
   exec scripts/postgres.sh run scripts/broker.sh run "$0" --suites "$@"
 fi
 shift

@@ -26,18 +26,20 @@ use meeting_events::envelope::Envelope;
 use meeting_events::events::{Event, MeetingCreated};
 use meeting_events::messaging::publisher::{self, Published};
 use meeting_events::messaging::{headers, topology};
-use meeting_events::roles::{Role, MEETING, PERMISSION};
+use meeting_events::roles::{Role, LIVE, MEETING, PERMISSION};
 
 /// Benchmarks of the meeting system against the configured broker: our publisher vs raw
 /// lapin, the outbox relay, the meeting → permission chain, the connection-per-publish
 /// pattern of mq.py, and memory. Roles run as `app` processes (next to this binary, or
 /// APP_BIN).
 mod chain;
+mod live;
 mod procs;
 mod publish;
 mod relay;
 
 use chain::*;
+use live::*;
 use procs::*;
 use publish::*;
 use relay::*;
@@ -45,7 +47,7 @@ use relay::*;
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 pub struct BenchArgs {
-    /// publish, relay, chain, per-publish, or all.
+    /// publish, relay, chain, per-publish, live, or all.
     #[arg(default_value = "all")]
     pub which: String,
     /// Messages per publish run.
@@ -73,6 +75,12 @@ pub struct BenchArgs {
     /// Publishes in the per-publish run (each opens its own connection).
     #[arg(long, default_value_t = 300)]
     pub per_publish_messages: usize,
+    /// Open streams on one live replica, one run per number (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 1_000, 10_000])]
+    pub live_streams: Vec<usize>,
+    /// Requests per live run, each waited for on every stream.
+    #[arg(long, default_value_t = 50)]
+    pub live_requests: usize,
 }
 
 const SECRET: &str = "benchmark-secret-not-for-production";
@@ -114,9 +122,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     mq.queue = format!("{tag}-sink");
     let all = args.which == "all";
     let want = |name: &str| all || args.which == name;
-    if !["all", "publish", "relay", "chain", "per-publish"].contains(&args.which.as_str()) {
+    if !["all", "publish", "relay", "chain", "per-publish", "live"].contains(&args.which.as_str()) {
         bail!(
-            "unknown benchmark {:?}: publish, relay, chain, per-publish or all",
+            "unknown benchmark {:?}: publish, relay, chain, per-publish, live or all",
             args.which
         );
     }
@@ -274,6 +282,29 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             target: "reference".into(),
         });
     }
+    if want("live") {
+        let mut one = None;
+        for (i, &n) in args.live_streams.iter().enumerate() {
+            let r = live(&base, &format!("{tag}-l{i}"), n, args.live_requests).await?;
+            let baseline = *one.get_or_insert(r.p99_ms);
+            rows.push(Row {
+                name: format!("live: {n} open stream(s), RSS per open stream"),
+                result: format!("{:.1} KB", r.kb_per_stream),
+                ratio: None,
+                target: "≤ 16 KB".into(),
+            });
+            rows.push(Row {
+                name: format!(
+                    "live: {n} stream(s), 201 → last stream has the event, p50 / p99 / max ({} requests)",
+                    r.requests
+                ),
+                result: format!("{:.1} / {:.1} / {:.1} ms", r.p50_ms, r.p99_ms, r.max_ms),
+                ratio: Some(r.p99_ms / baseline.max(1e-9)),
+                target: "p99 ≤ 100 ms".into(),
+            });
+            eprintln!("live: {} streams measured", r.streams);
+        }
+    }
     for (role, idle, after) in memory {
         rows.push(Row {
             name: format!("RSS {role}: idle / after the run"),
@@ -304,7 +335,7 @@ fn print_table(rows: &[Row]) {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!("\nmachine: {cores} cores; broker and services on the same machine; ratio = result / raw lapin msg/s\n");
+    println!("\nmachine: {cores} cores; broker and services on the same machine; ratio = result / raw lapin msg/s (live rows: p99 / p99 with the first stream count)\n");
     let w = rows
         .iter()
         .map(|r| r.name.chars().count())

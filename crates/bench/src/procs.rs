@@ -118,6 +118,17 @@ pub(crate) async fn spawn_role_on(
     tag: &str,
     database: &str,
 ) -> anyhow::Result<RoleProcess> {
+    spawn_role_with(base, role, tag, database, &[]).await
+}
+
+/// A role as an `app` process with its store at `database` and these variables besides.
+pub(crate) async fn spawn_role_with(
+    base: &Settings,
+    role: Role,
+    tag: &str,
+    database: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<RoleProcess> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -132,6 +143,7 @@ pub(crate) async fn spawn_role_on(
         .env("HTTP_PORT", port.to_string())
         .env("RUST_LOG", "warn")
         .env("CONFIG_DIR", "/nonexistent")
+        .envs(extra.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .spawn()?;
     let p = RoleProcess {

@@ -20,6 +20,10 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
             "1s",
             "--per-publish-messages",
             "5",
+            "--live-streams",
+            "1,40",
+            "--live-requests",
+            "3",
         ])
         .env(
             "AMQP_URL",
@@ -46,6 +50,8 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
         "RSS meeting-service",
         "RSS permission-service",
         "CPU during",
+        "live: 1 open stream(s), RSS per open stream",
+        "live: 40 stream(s), 201 → last stream",
     ] {
         assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
     }

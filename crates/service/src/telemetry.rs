@@ -105,6 +105,60 @@ fn describe() {
         "Messages waiting in the service's dead-letter queue."
     );
     describe_counter!(
+        "consumer_restarts_total",
+        "Consumers replaced after they were lost, by service and reason."
+    );
+    describe_counter!(
+        "consumer_stalls_total",
+        "Consumers the watchdog found idle while messages waited, by service."
+    );
+    describe_gauge!(
+        "live_stream_attached",
+        "1 while the live role reads its RabbitMQ stream, else 0."
+    );
+    describe_gauge!(
+        "live_stream_offset",
+        "Stream offset of the last event the live role read into memory."
+    );
+    describe_gauge!(
+        "live_stream_lag_seconds",
+        Unit::Seconds,
+        "How long after its publication the live role read the last event of its stream."
+    );
+    describe_gauge!(
+        "live_streams_open",
+        "Server-sent event streams open to browsers."
+    );
+    describe_counter!(
+        "live_streams_refused_total",
+        "Streams refused because the user already has the most streams allowed open."
+    );
+    describe_counter!(
+        "live_events_sent_total",
+        "Events written to browser streams (each stream counts)."
+    );
+    describe_counter!(
+        "live_resumes_total",
+        "Streams resumed from an event id, by where the missed events came from (memory or stream)."
+    );
+    describe_counter!(
+        "live_resyncs_total",
+        "Resumes answered with resync: the id is no longer in the stream."
+    );
+    describe_counter!(
+        "live_slow_disconnects_total",
+        "Streams ended because the browser read too slowly and its buffer filled."
+    );
+    describe_counter!(
+        "live_reauths_total",
+        "Streams ended with reauth because their credential was about to expire."
+    );
+    describe_histogram!(
+        "live_replay_seconds",
+        Unit::Seconds,
+        "Time to read missed events back from the stream for one resume."
+    );
+    describe_counter!(
         "http_requests_total",
         "HTTP requests, by method, route and status."
     );

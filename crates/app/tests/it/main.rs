@@ -6,6 +6,7 @@ mod hostile;
 
 mod adversary;
 mod api_errors;
+mod browser;
 mod contract;
 mod faults;
 mod flow;

@@ -489,7 +489,14 @@ async fn relay_batch(
                     aside = refusal(&e).map(|why| (row, why));
                 }
             }
-            Ok(Published::Nacked | Published::TimedOut) | Err(_) => broken = true,
+            Ok(other @ (Published::Nacked | Published::TimedOut)) => {
+                tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, outcome = ?other, "the broker did not confirm this event; it stays in the outbox");
+                broken = true;
+            }
+            Err(e) => {
+                tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, error = %e, kind = ?e.kind(), "publishing this event failed; it stays in the outbox");
+                broken = true;
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 mod broker;
+mod browser;
 mod client;
 mod roles;
 mod sse;
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub use broker::*;
+pub use browser::*;
 pub use client::*;
 pub use meeting_events::roles::{Role, ELECTION, LIVE, MEETING, PERMISSION, VOTING};
 use meeting_events::Settings;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use meeting_events::Settings;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,15 +25,16 @@ pub struct Running {
 
 impl Running {
     pub async fn spawn(ctx: &Ctx, role: Role) -> Self {
-        quiet_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::spawn_on(role, ctx.settings(role), listener).await
+    }
+
+    /// The role with these settings, on this listener (a port a page already knows).
+    pub async fn spawn_on(role: Role, settings: Settings, listener: TcpListener) -> Self {
+        quiet_logs();
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(meeting_events::run(
-            ctx.settings(role),
-            listener,
-            shutdown.clone(),
-        ));
+        let task = tokio::spawn(meeting_events::run(settings, listener, shutdown.clone()));
         let running = Self {
             role,
             base: format!("http://{addr}"),

@@ -327,6 +327,7 @@ fn open_stream(
                 user: verified.user,
                 meetings,
                 denied: HashSet::new(),
+                granted: HashSet::new(),
                 covered: resume,
                 shown_id: resume,
                 tx,
@@ -434,6 +435,8 @@ struct Connection {
     /// Meetings whose managing role this user lost in the stream, before the copy of the
     /// grants caught up with it.
     denied: HashSet<Arc<str>>,
+    /// Meetings whose managing role this user gained in the stream (the copy may lag).
+    granted: HashSet<Arc<str>>,
     /// The last position handled: everything up to it was sent or was not for this client.
     covered: Option<Position>,
     /// The last id the client was given.
@@ -601,7 +604,8 @@ impl Connection {
 
     /// The read policy, at the moment of sending: any signed-in user reads a meeting's
     /// events, as over REST; `permission.*` only its managers, by the live role's copy of
-    /// the grants — and never after the stream itself showed this user's role revoked.
+    /// the grants — and never after the stream itself showed this user's role revoked, always
+    /// after it showed it granted.
     async fn may_see(&mut self, shown: &Shown) -> bool {
         if !self.meetings.contains(&*shown.meeting_id) {
             return false;
@@ -612,12 +616,19 @@ impl Connection {
         if subject.user == self.user && subject.role == MeetingRole::Manager {
             if subject.granted {
                 self.denied.remove(&shown.meeting_id);
+                self.granted.insert(shown.meeting_id.clone());
             } else {
+                self.granted.remove(&shown.meeting_id);
                 self.denied.insert(shown.meeting_id.clone());
             }
         }
         if self.denied.contains(&shown.meeting_id) {
             return false;
+        }
+        // The stream itself made this user a manager: its own grant, and what follows it, are
+        // shown even before the copy of the grants (fed by the queue) has caught up.
+        if self.granted.contains(&shown.meeting_id) {
+            return true;
         }
         match grants::is_manager(&self.live.pool, &shown.meeting_id, &self.user).await {
             Ok(manager) => manager,
