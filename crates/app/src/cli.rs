@@ -79,6 +79,9 @@ pub enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Print the OpenAPI 3.1 document of every role's HTTP API as one origin serves them
+    /// (each role serves its own part at /openapi.json); `openapi.json` in the repository.
+    Openapi,
     /// Walk one meeting through the whole chain against running services (create, open the
     /// election item, nominate, start, three votes, close, result), printing each step and
     /// every event seen on the bus.

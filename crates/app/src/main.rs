@@ -41,6 +41,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             commands::token(&user, ttl, dev).map(|t| println!("{t}"))
         }
         Command::Walk(args) => commands::walk::run(args).await,
+        Command::Openapi => commands::openapi().map(|doc| println!("{doc}")),
         Command::Events(EventsCommand::Publish {
             raw,
             routing_key,

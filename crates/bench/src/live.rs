@@ -105,6 +105,9 @@ pub(crate) async fn live(
     requests: usize,
 ) -> anyhow::Result<LiveResult> {
     raise_file_limit(streams)?;
+    // Streams spread over viewers, each under the per-user cap (at most 10,000).
+    let viewers = streams.div_ceil(1_000).max(1);
+    let per_viewer = streams.div_ceil(viewers);
     let dir = tempdir(tag)?;
     let db = |role: Role| format!("sqlite://{}/{}.db", dir.display(), role.name);
     let permission = spawn_role_on(base, &PERMISSION, tag, &db(&PERMISSION)).await?;
@@ -116,14 +119,19 @@ pub(crate) async fn live(
         &db(&LIVE),
         &[
             ("LIVE_STREAM", format!("{tag}-live")),
-            ("LIVE_STREAMS_PER_USER", (streams + 1).to_string()),
+            ("LIVE_STREAMS_PER_USER", per_viewer.to_string()),
             ("HTTP_MAX_CONNECTIONS", (streams + 64).to_string()),
         ],
     )
     .await?;
 
-    let token =
-        meeting_events::issue_token(&Secret::new(SECRET), "alice", Duration::from_secs(3600))?;
+    let issue = |user: &str| {
+        meeting_events::issue_token(&Secret::new(SECRET), user, Duration::from_secs(3600))
+    };
+    let token = issue("alice")?;
+    let viewer_tokens = (0..viewers)
+        .map(|v| issue(&format!("viewer-{v}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;
@@ -174,7 +182,7 @@ pub(crate) async fn live(
         tasks.push(tokio::spawn(follow(
             http.clone(),
             url.clone(),
-            token.clone(),
+            viewer_tokens[i % viewers].clone(),
             opened_tx.clone(),
             arrived_tx.clone(),
             requests,

@@ -171,6 +171,18 @@ pub(crate) fn client_secret(settings: &Settings, dev: bool) -> Result<Secret, Fa
     }
 }
 
+/// The OpenAPI document of every role's API, as one origin (the Ingress) serves them.
+pub(crate) fn openapi() -> Result<String, Failure> {
+    use meeting_events::roles::{ELECTION, LIVE, MEETING, PERMISSION, VOTING};
+    Ok(meeting_events::roles::openapi_json(&[
+        &MEETING,
+        &ELECTION,
+        &VOTING,
+        &PERMISSION,
+        &LIVE,
+    ])?)
+}
+
 /// `app token`
 pub(crate) fn token(user: &str, ttl: std::time::Duration, dev: bool) -> Result<String, Failure> {
     let user = user.trim();

@@ -10,6 +10,7 @@ mod browser;
 mod contract;
 mod faults;
 mod flow;
+mod http_contract;
 mod interop;
 mod live;
 mod messaging;

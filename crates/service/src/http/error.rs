@@ -54,10 +54,46 @@ pub(crate) enum ApiError {
 }
 
 /// The body of every error response: a stable code and a sentence for people.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorBody {
-    pub(crate) error: &'static str,
+    /// What went wrong, for programs: one of a fixed set of codes.
+    pub(crate) error: ErrorCode,
+    /// What went wrong, for people; its wording may change.
     pub(crate) message: String,
+}
+
+/// The stable error codes of the JSON error body (README, "HTTP APIs").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ErrorCode {
+    /// 400: the body, path or query does not parse.
+    BadRequest,
+    /// 401: no credential, or one that does not verify.
+    Unauthorized,
+    /// 403: authenticated, but not allowed.
+    Forbidden,
+    /// 404: no such resource or route.
+    NotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 408: the request took longer than `HTTP_REQUEST_TIMEOUT`.
+    RequestTimeout,
+    /// 409: the resource is not in a state that allows this.
+    Conflict,
+    /// 413: the body is over `HTTP_MAX_BODY_BYTES`.
+    PayloadTooLarge,
+    /// 415: the body is not sent as `application/json`.
+    UnsupportedMediaType,
+    /// 422: well-formed, but a value is not acceptable.
+    Invalid,
+    /// 429: the caller holds as many of a resource as it may.
+    TooMany,
+    /// 500: a failure of ours; the cause is logged, not answered.
+    Internal,
+    /// 503 with `Retry-After`: the store is busy with concurrent changes.
+    Busy,
+    /// 503 with `Retry-After`: the store is not answering.
+    StoreUnavailable,
 }
 
 /// A response whose request lost a store race and may simply be run again.
@@ -65,28 +101,31 @@ pub(crate) struct ErrorBody {
 pub(crate) struct LostRace;
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    fn status_and_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout),
+            ApiError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many"),
-            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooMany),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Invalid),
             ApiError::Store(e) if crate::store::is_retryable(e) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "busy")
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Busy)
             }
             ApiError::Store(e) if crate::store::is_unavailable(e) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable)
             }
             ApiError::Internal(_) | ApiError::Store(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
         }
     }

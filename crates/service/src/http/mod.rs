@@ -3,6 +3,7 @@
 
 pub(crate) mod auth;
 mod error;
+pub(crate) mod openapi;
 mod serve;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use tower_http::trace::TraceLayer;
 
 pub(crate) use auth::{Auth, User};
 use error::LostRace;
-pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery};
+pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 pub(crate) use serve::{serve, Limits};
 
 use crate::messaging::{Broker, Outbox};
@@ -50,6 +51,7 @@ pub(crate) fn app(
     state: AppState,
     api: Router<AppState>,
     open: Router<AppState>,
+    contract: String,
     settings: &crate::config::Settings,
 ) -> Router {
     let cors_origins = &settings.cors_allowed_origins;
@@ -66,6 +68,10 @@ pub(crate) fn app(
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(openapi_json).layer(axum::Extension(Contract(contract.into()))),
+        )
         .merge(api)
         .merge(open)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
@@ -73,7 +79,7 @@ pub(crate) fn app(
             (
                 StatusCode::METHOD_NOT_ALLOWED,
                 Json(error::ErrorBody {
-                    error: "method_not_allowed",
+                    error: error::ErrorCode::MethodNotAllowed,
                     message: "method not allowed on this route".into(),
                 }),
             )
@@ -108,27 +114,53 @@ pub(crate) fn app(
 }
 
 /// The liveness probe's body.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, example = "ok")]
     status: &'static str,
 }
 
 /// The readiness probe's body: `ready`, or `not_ready` with the reasons.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(value_type = String, example = "ready")]
     status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     reasons: Vec<String>,
     /// Whom the consumer believes (`MQ_TRUST`).
+    #[schema(value_type = String, example = "strict")]
     trust: &'static str,
 }
 
+/// This role's OpenAPI document, rendered once at start.
+#[derive(Clone)]
+struct Contract(Arc<str>);
+
+/// This role's HTTP contract (`app openapi` prints every role's as one document).
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "probes",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this role's routes", content_type = "application/json", body = Object)))]
+async fn openapi_json(axum::Extension(Contract(doc)): axum::Extension<Contract>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.to_string(),
+    )
+        .into_response()
+}
+
 /// `200 {"status":"ok"}` while the process lives (the liveness probe).
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "probes",
+    responses((status = 200, description = "The process lives", body = Health)))]
 async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// 200 only when the broker is connected, the consumer attached and the store answers.
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready, with the reasons", body = Readiness)))]
 async fn ready(State(state): State<AppState>) -> Response {
     let mut reasons = Vec::new();
     if !state.broker.is_connected() {
@@ -172,6 +204,8 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text exposition of this process's metrics.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 async fn metrics() -> Response {
     (
         [(

@@ -30,6 +30,9 @@ pub(crate) struct Behaviour {
     /// and the token that stops intake (auth, probes and fallbacks are added by
     /// [`crate::http::app`]).
     pub(crate) start: fn(&AppState, &CancellationToken) -> anyhow::Result<Parts>,
+    /// The description of the routes `start` serves, from the same routers
+    /// (docs/architecture.md §4, "The HTTP contract").
+    pub(crate) openapi: fn() -> utoipa::openapi::OpenApi,
     /// The role's event handler.
     pub(crate) handler: EventHandler,
     /// Migration sets applied in order on start (each with its own version range).
@@ -67,6 +70,21 @@ pub(crate) static REGISTRY: &[&Behaviour] = &[
     &election::BEHAVIOUR,
     &voting::BEHAVIOUR,
 ];
+
+/// The OpenAPI 3.1 document of `roles`' HTTP APIs, from the routers they serve: one role's
+/// (its `/openapi.json`), or every role's as one origin serves them (`app openapi`).
+pub fn openapi(roles: &[Role]) -> anyhow::Result<utoipa::openapi::OpenApi> {
+    let docs = roles
+        .iter()
+        .map(|&role| behaviour(role).map(|b| (b.openapi)()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(crate::http::openapi::document(docs))
+}
+
+/// [`openapi`] as pretty-printed JSON.
+pub fn openapi_json(roles: &[Role]) -> anyhow::Result<String> {
+    Ok(openapi(roles)?.to_pretty_json()?)
+}
 
 /// The behaviour of `role`.
 pub(crate) fn behaviour(role: Role) -> anyhow::Result<&'static Behaviour> {

@@ -63,7 +63,8 @@ pub(crate) async fn run(
         role_ready: Arc::default(),
     };
     let parts = (role.start)(&state, &intake)?;
-    let app = http::app(state, parts.api, parts.open, &settings);
+    let contract = super::openapi_json(&[role.role])?;
+    let app = http::app(state, parts.api, parts.open, contract, &settings);
     let addr = listener.local_addr()?;
     let limits = http::Limits {
         max_connections: settings.http_max_connections,

@@ -2,38 +2,57 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::store::{self, Election, ElectionResult};
 use crate::domain::ElectionStatus;
 use crate::events::{Event, NominationAccepted};
-use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
+use crate::http::{
+    page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, User,
+};
 use crate::roles::grants;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/elections", get(list))
-        .route("/elections/{id}", get(get_one))
-        .route("/elections/{id}/nominations", post(nominate))
+/// The election routes, described as they are served.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(nominate))
 }
 
-#[derive(Deserialize)]
+/// Which elections, and a page of them.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Filter {
+    /// Only this meeting's.
     meeting_id: Option<String>,
+    /// Only this agenda item's.
     agenda_item_id: Option<String>,
+    /// How many, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// How many to skip (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
 }
 
-#[derive(Deserialize)]
+/// A candidate to nominate.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Nomination {
+    /// 1–100 characters: yourself, or anyone if you manage the meeting.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     candidate: String,
 }
 
 /// An election as clients see it: its row and its candidates in nomination order.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct ElectionView {
     id: String,
     meeting_id: String,
@@ -42,6 +61,7 @@ pub(super) struct ElectionView {
     status: ElectionStatus,
     candidates: Vec<String>,
     /// `election.finalized`'s result once the ballot is counted.
+    #[schema(value_type = Option<ElectionResult>)]
     result: Option<crate::store::Json<ElectionResult>>,
     created_at: String,
     updated_at: String,
@@ -64,13 +84,18 @@ impl ElectionView {
 }
 
 /// A nomination accepted.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct NominationView {
     election_id: String,
     candidate: String,
     nominated_by: String,
 }
 
+/// The elections, oldest first, with their candidates.
+#[utoipa::path(get, path = "/elections", operation_id = "listElections", tag = "election",
+    security(("bearer" = [])),
+    params(Filter),
+    responses((status = 200, description = "A page of elections", body = Vec<ElectionView>)))]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(f): ApiQuery<Filter>,
@@ -98,6 +123,13 @@ async fn list(
     ))
 }
 
+/// One election with its candidates in nomination order.
+#[utoipa::path(get, path = "/elections/{id}", operation_id = "getElection", tag = "election",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The election's id")),
+    responses(
+        (status = 200, description = "The election", body = ElectionView),
+        (status = 404, description = "`not_found`: no such election", body = ErrorBody)))]
 async fn get_one(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -109,6 +141,16 @@ async fn get_one(
     Ok(Json(ElectionView::new(e, candidates)))
 }
 
+/// Nominate a candidate while the election is nominating.
+#[utoipa::path(post, path = "/elections/{id}/nominations", operation_id = "nominate", tag = "election",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The election's id")),
+    request_body = Nomination,
+    responses(
+        (status = 201, description = "Nominated", body = NominationView),
+        (status = 403, description = "`forbidden`: only managers nominate others", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such election", body = ErrorBody),
+        (status = 409, description = "`conflict`: nominations are closed, the candidate is already nominated, or the election is full", body = ErrorBody)))]
 async fn nominate(
     State(state): State<AppState>,
     user: User,

@@ -11,7 +11,8 @@ use crate::store::{Migrations, COMMON};
 /// What the election role does.
 pub(super) static BEHAVIOUR: Behaviour = Behaviour {
     role: &crate::system::ELECTION,
-    start: |_, _| super::Parts::api(api::router()),
+    start: |_, _| super::Parts::api(api::routes().split_for_parts().0),
+    openapi: || api::routes().into_openapi(),
     handler: |work, envelope, event| Box::pin(handlers::handle(work, envelope, event)),
     migrations: &[&COMMON, &super::grants::MIGRATIONS, &MIGRATIONS],
 };

@@ -11,7 +11,7 @@ use crate::store::{for_update, placeholders, Json};
 
 /// How an election ended, as stored and shown: cancelled (no candidates), or counted from
 /// its ballot.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub(super) struct ElectionResult {
     pub outcome: Outcome,
     pub winners: Vec<String>,

@@ -9,20 +9,21 @@ use axum::body::{Body, Bytes};
 use axum::extract::Query;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::hub::{Attach, Hub, Item, Position, Shown, Signal};
 use super::stream::Replay;
 use crate::config::{LiveSettings, Secret};
 use crate::domain::MeetingRole;
 use crate::http::auth::{bearer, Verified};
-use crate::http::{ApiError, ApiPath, AppState, Auth};
+use crate::http::{ApiError, ApiPath, AppState, Auth, ErrorBody};
 use crate::messaging::{unix_seconds, Broker};
 use crate::roles::grants;
 
@@ -74,28 +75,26 @@ impl Live {
 }
 
 /// `POST /live/session`, behind the bearer token like any API route.
-pub(super) fn session_routes(live: Arc<Live>) -> Router<AppState> {
-    Router::new()
-        .route("/live/session", post(open_session))
-        .layer(Extension(live))
+pub(super) fn session_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(open_session))
 }
 
 /// The streams (cookie or bearer, checked here), the page and its settings.
-pub(super) fn open_routes(live: Arc<Live>) -> Router<AppState> {
-    Router::new()
-        .route("/live/meetings", get(follow_many))
-        .route("/live/meetings/{id}", get(follow_one))
-        .route("/live/session", axum::routing::delete(close_session))
-        .route("/live/dev-session", post(dev_session))
-        .route("/live/config", get(page_config))
-        .route("/live", get(super::page::html))
-        .route("/live/", get(super::page::html))
-        .route("/live/page.js", get(super::page::script))
-        .route("/live/page.css", get(super::page::style))
-        .layer(Extension(live))
+pub(super) fn open_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(follow_many))
+        .routes(routes!(follow_one))
+        .routes(routes!(close_session))
+        .routes(routes!(dev_session))
+        .routes(routes!(page_config))
+        .routes(routes!(super::page::html))
+        .routes(routes!(super::page::html_slash))
+        .routes(routes!(super::page::script))
+        .routes(routes!(super::page::style))
 }
 
-#[derive(Serialize)]
+/// Whose cookie was set, and until when.
+#[derive(Serialize, utoipa::ToSchema)]
 struct SessionView {
     user: String,
     /// When the cookie and the token end, in Unix seconds.
@@ -103,6 +102,11 @@ struct SessionView {
 }
 
 /// Set the stream's cookie from the bearer token.
+#[utoipa::path(post, path = "/live/session", operation_id = "openLiveSession", tag = "live",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The `live_session` cookie is set (`HttpOnly`, `SameSite=Strict`, `Path=/live`, `Secure` outside development mode), valid as long as the token",
+        body = SessionView,
+        headers(("Set-Cookie" = String, description = "live_session=<token>; Path=/live; HttpOnly; SameSite=Strict; Max-Age=<the token's remaining life>")))))]
 async fn open_session(
     Extension(live): Extension<Arc<Live>>,
     headers: HeaderMap,
@@ -127,6 +131,9 @@ async fn open_session(
 }
 
 /// `DELETE /live/session`: forget the cookie.
+#[utoipa::path(delete, path = "/live/session", operation_id = "closeLiveSession", tag = "live",
+    responses((status = 204, description = "The cookie is cleared",
+        headers(("Set-Cookie" = String, description = "live_session=; Max-Age=0")))))]
 async fn close_session(Extension(live): Extension<Arc<Live>>) -> Response {
     let secure = if live.development() { "" } else { "; Secure" };
     let cookie = format!("{COOKIE}=; Path=/live; HttpOnly; SameSite=Strict; Max-Age=0{secure}");
@@ -137,14 +144,23 @@ async fn close_session(Extension(live): Extension<Arc<Live>>) -> Response {
     response
 }
 
-#[derive(Deserialize)]
+/// A user name to sign in as (development mode).
+#[derive(Deserialize, utoipa::ToSchema)]
 struct DevSignIn {
+    /// 1–200 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     user: String,
-    /// Seconds the token lives; default an hour.
+    /// Seconds the token lives, 5–86400; default an hour.
+    #[schema(minimum = 5, maximum = 86400)]
     ttl_seconds: Option<u64>,
 }
 
-#[derive(Serialize)]
+/// A token signed with the development key.
+#[derive(Serialize, utoipa::ToSchema)]
 struct DevToken {
     token: String,
     expires_at: u64,
@@ -152,6 +168,11 @@ struct DevToken {
 
 /// `POST /live/dev-session`: in development mode only, a token for a user name (what
 /// `app token --dev` signs), so the page can sign in without an identity provider.
+#[utoipa::path(post, path = "/live/dev-session", operation_id = "devSession", tag = "live",
+    request_body = DevSignIn,
+    responses(
+        (status = 200, description = "A token for that user", body = DevToken),
+        (status = 404, description = "`not_found`: not in development mode", body = ErrorBody)))]
 async fn dev_session(
     Extension(live): Extension<Arc<Live>>,
     crate::http::ApiJson(body): crate::http::ApiJson<DevSignIn>,
@@ -176,15 +197,19 @@ async fn dev_session(
     }))
 }
 
-#[derive(Serialize)]
+/// What the meeting page needs to know.
+#[derive(Serialize, utoipa::ToSchema)]
 struct PageConfig {
     development: bool,
+    #[schema(value_type = u64)]
     keepalive_ms: u128,
     /// Where the page reaches each role's API; a role not listed is on the page's origin.
     api: HashMap<String, String>,
 }
 
 /// `GET /live/config`: what the page needs to know.
+#[utoipa::path(get, path = "/live/config", operation_id = "livePageConfig", tag = "live",
+    responses((status = 200, description = "The page's settings", body = PageConfig)))]
 async fn page_config(Extension(live): Extension<Arc<Live>>) -> Json<PageConfig> {
     Json(PageConfig {
         development: live.development(),
@@ -193,18 +218,40 @@ async fn page_config(Extension(live): Extension<Arc<Live>>) -> Json<PageConfig> 
     })
 }
 
-#[derive(Deserialize)]
+/// Which meetings, and where to resume.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Follow {
+    /// The meetings' ids, comma-separated (1–20).
     ids: Option<String>,
+    /// Resume after this event id (`<offset>-<tag>`), for a new `EventSource`; the
+    /// `Last-Event-ID` header wins when both are sent.
     last_event_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// Where to resume.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Resume {
+    /// Resume after this event id (`<offset>-<tag>`), for a new `EventSource`; the
+    /// `Last-Event-ID` header wins when both are sent.
     last_event_id: Option<String>,
 }
 
-/// `GET /live/meetings/{id}`
+/// What a stream answers: `text/event-stream`, each message with `id:` (its stream position),
+/// `event:` (the routing key, or `resync` / `reauth`) and `data:` (the event's data with its
+/// `event_id` and `timestamp`, as JSON).
+const STREAM: &str = "A stream of server-sent events: a comment at once, then each event the user may read as `id:`, `event:` (the routing key) and `data:` (JSON), keep-alives, `event: resync` when the id to resume from is gone, `event: reauth` before the credential expires";
+
+/// `GET /live/meetings/{id}`: follow one meeting.
+#[utoipa::path(get, path = "/live/meetings/{id}", operation_id = "followMeeting", tag = "live",
+    security(("live_session" = []), ("bearer" = [])),
+    params(("id" = String, Path, description = "The meeting's id"), Resume,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (the browser sends it when it reconnects)")),
+    responses(
+        (status = 200, description = STREAM, content_type = "text/event-stream", body = String),
+        (status = 401, description = "`unauthorized`: no valid cookie or bearer token", body = ErrorBody),
+        (status = 429, description = "`too_many`: the user holds `LIVE_STREAMS_PER_USER` streams on this replica", body = ErrorBody)))]
 async fn follow_one(
     Extension(live): Extension<Arc<Live>>,
     ApiPath(id): ApiPath<String>,
@@ -214,7 +261,15 @@ async fn follow_one(
     open_stream(live, vec![id], q.last_event_id, &headers)
 }
 
-/// `GET /live/meetings?ids=a,b`
+/// `GET /live/meetings?ids=a,b`: follow several meetings on one stream.
+#[utoipa::path(get, path = "/live/meetings", operation_id = "followMeetings", tag = "live",
+    security(("live_session" = []), ("bearer" = [])),
+    params(Follow,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (the browser sends it when it reconnects)")),
+    responses(
+        (status = 200, description = STREAM, content_type = "text/event-stream", body = String),
+        (status = 401, description = "`unauthorized`: no valid cookie or bearer token", body = ErrorBody),
+        (status = 429, description = "`too_many`: the user holds `LIVE_STREAMS_PER_USER` streams on this replica", body = ErrorBody)))]
 async fn follow_many(
     Extension(live): Extension<Arc<Live>>,
     Query(q): Query<Follow>,

@@ -11,6 +11,7 @@ mod stream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::Extension;
 use tokio_util::sync::CancellationToken;
 
 use super::{grants, Behaviour, Parts};
@@ -24,6 +25,11 @@ use crate::store::COMMON;
 pub(super) static BEHAVIOUR: Behaviour = Behaviour {
     role: &crate::system::LIVE,
     start,
+    openapi: || {
+        api::session_routes()
+            .merge(api::open_routes())
+            .into_openapi()
+    },
     handler: |work, envelope, event| Box::pin(handle(work, envelope, event)),
     migrations: &[&COMMON, &grants::MIGRATIONS],
 };
@@ -71,8 +77,14 @@ fn start(state: &AppState, intake: &CancellationToken) -> anyhow::Result<Parts> 
     }));
     let live = Arc::new(api::Live::new(state, hub, intake.clone()));
     Ok(Parts {
-        api: api::session_routes(live.clone()),
-        open: api::open_routes(live),
+        api: api::session_routes()
+            .split_for_parts()
+            .0
+            .layer(Extension(live.clone())),
+        open: api::open_routes()
+            .split_for_parts()
+            .0
+            .layer(Extension(live)),
         tasks: vec![reader],
     })
 }

@@ -26,10 +26,23 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     response
 }
 
+/// The meeting page.
+#[utoipa::path(get, path = "/live", operation_id = "livePage", tag = "live",
+    responses((status = 200, description = "The meeting page", content_type = "text/html", body = String)))]
 pub(super) async fn html() -> Response {
     asset(include_str!("page/index.html"), "text/html; charset=utf-8")
 }
 
+/// The meeting page, at its folder's address.
+#[utoipa::path(get, path = "/live/", operation_id = "livePageFolder", tag = "live",
+    responses((status = 200, description = "The meeting page", content_type = "text/html", body = String)))]
+pub(super) async fn html_slash() -> Response {
+    html().await
+}
+
+/// The page's script.
+#[utoipa::path(get, path = "/live/page.js", operation_id = "livePageScript", tag = "live",
+    responses((status = 200, description = "The page's script", content_type = "text/javascript", body = String)))]
 pub(super) async fn script() -> Response {
     asset(
         include_str!("page/page.js"),
@@ -37,6 +50,9 @@ pub(super) async fn script() -> Response {
     )
 }
 
+/// The page's style sheet.
+#[utoipa::path(get, path = "/live/page.css", operation_id = "livePageStyle", tag = "live",
+    responses((status = 200, description = "The page's style sheet", content_type = "text/css", body = String)))]
 pub(super) async fn style() -> Response {
     asset(include_str!("page/page.css"), "text/css; charset=utf-8")
 }

@@ -2,9 +2,10 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::store::{self, AgendaItem, Meeting};
@@ -13,44 +14,63 @@ use crate::envelope::now_rfc3339;
 use crate::events::{
     AgendaItemAdded, AgendaItemOpened, ElectionCreate, ElectionStart, Event, MeetingCreated,
 };
-use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
+use crate::http::{
+    page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, User,
+};
 use crate::messaging::Work;
 use crate::roles::grants;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/meetings", post(create_meeting).get(list_meetings))
-        .route("/meetings/{id}", get(get_meeting))
-        .route("/meetings/{id}/agenda-items", post(add_item))
-        .route(
-            "/meetings/{id}/agenda-items/{item_id}/open",
-            post(open_item),
-        )
-        .route(
-            "/meetings/{id}/agenda-items/{item_id}/start-election",
-            post(start_election),
-        )
+/// The meeting routes, described as they are served.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_meeting, list_meetings))
+        .routes(routes!(get_meeting))
+        .routes(routes!(add_item))
+        .routes(routes!(open_item))
+        .routes(routes!(start_election))
 }
 
-#[derive(Deserialize)]
+/// A meeting to create.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewMeeting {
+    /// 1–200 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     title: String,
 }
 
-#[derive(Deserialize)]
+/// An agenda item to add.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewItem {
+    /// 1–200 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     title: String,
+    /// `election` or `discussion`.
+    #[schema(value_type = ItemKind)]
     kind: String,
 }
 
-#[derive(Deserialize)]
+/// A page of a list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Paging {
+    /// How many, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// How many to skip (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
 }
 
 /// A meeting with its agenda and the managers known here.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct MeetingView {
     id: String,
     title: String,
@@ -102,6 +122,11 @@ async fn managed_work(state: &AppState, id: &str, user: &User) -> Result<Work, A
     Ok(state.outbox.begin().await?)
 }
 
+/// Create a meeting; its creator becomes its manager once the grant comes back.
+#[utoipa::path(post, path = "/meetings", operation_id = "createMeeting", tag = "meeting",
+    security(("bearer" = [])),
+    request_body = NewMeeting,
+    responses((status = 201, description = "Created (no agenda yet; `managers` fills in when the grant arrives)", body = MeetingView)))]
 async fn create_meeting(
     State(state): State<AppState>,
     user: User,
@@ -130,6 +155,11 @@ async fn create_meeting(
     ))
 }
 
+/// The meetings, oldest first.
+#[utoipa::path(get, path = "/meetings", operation_id = "listMeetings", tag = "meeting",
+    security(("bearer" = [])),
+    params(Paging),
+    responses((status = 200, description = "A page of meetings", body = Vec<Meeting>)))]
 async fn list_meetings(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<Paging>,
@@ -140,6 +170,13 @@ async fn list_meetings(
     ))
 }
 
+/// One meeting with its agenda and its managers.
+#[utoipa::path(get, path = "/meetings/{id}", operation_id = "getMeeting", tag = "meeting",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The meeting's id")),
+    responses(
+        (status = 200, description = "The meeting", body = MeetingView),
+        (status = 404, description = "`not_found`: no such meeting", body = ErrorBody)))]
 async fn get_meeting(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -148,6 +185,15 @@ async fn get_meeting(
     Ok(Json(view(&state, meeting).await?))
 }
 
+/// Add an item at the end of the agenda (managers only).
+#[utoipa::path(post, path = "/meetings/{id}/agenda-items", operation_id = "addAgendaItem", tag = "meeting",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The meeting's id")),
+    request_body = NewItem,
+    responses(
+        (status = 201, description = "Added, pending", body = AgendaItem),
+        (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such meeting", body = ErrorBody)))]
 async fn add_item(
     State(state): State<AppState>,
     user: User,
@@ -202,6 +248,16 @@ async fn find_item(
     })
 }
 
+#[utoipa::path(post, path = "/meetings/{id}/agenda-items/{item_id}/open", operation_id = "openAgendaItem", tag = "meeting",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The meeting's id"),
+        ("item_id" = String, Path, description = "The agenda item's id")),
+    responses(
+        (status = 200, description = "The item, now open (an election item's election is being created)", body = AgendaItem),
+        (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such meeting or item", body = ErrorBody),
+        (status = 409, description = "`conflict`: the item is not pending, or an election is still running", body = ErrorBody)))]
 /// Make an item the current one. The previous current item, if a discussion, is done; an
 /// election still running blocks the move.
 async fn open_item(
@@ -254,6 +310,16 @@ async fn open_item(
     Ok(Json(find_item(&state.pool, &id, &item_id).await?))
 }
 
+#[utoipa::path(post, path = "/meetings/{id}/agenda-items/{item_id}/start-election", operation_id = "startElection", tag = "meeting",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The meeting's id"),
+        ("item_id" = String, Path, description = "The election item's id")),
+    responses(
+        (status = 200, description = "The item, now voting", body = AgendaItem),
+        (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such meeting or item", body = ErrorBody),
+        (status = 409, description = "`conflict`: not an election item, or not open", body = ErrorBody)))]
 /// Close nominations and start the vote of the open election item.
 async fn start_election(
     State(state): State<AppState>,

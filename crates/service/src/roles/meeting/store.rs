@@ -8,7 +8,8 @@ use sqlx::{AnyConnection, AnyPool};
 use crate::domain::{ItemKind, ItemStatus, Outcome};
 use crate::store::{for_update, Json};
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A meeting as listed (without its agenda).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(super) struct Meeting {
     pub id: String,
     pub title: String,
@@ -18,7 +19,7 @@ pub(super) struct Meeting {
 }
 
 /// The result an election item carries once `election.finalized` is recorded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub(super) struct ItemResult {
     pub election_id: String,
     pub outcome: Outcome,
@@ -26,7 +27,8 @@ pub(super) struct ItemResult {
     pub tally: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// An item of a meeting's agenda.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(super) struct AgendaItem {
     pub id: String,
     pub meeting_id: String,
@@ -35,6 +37,8 @@ pub(super) struct AgendaItem {
     pub kind: ItemKind,
     pub status: ItemStatus,
     pub election_id: Option<String>,
+    /// The election's result, once `election.finalized` is recorded.
+    #[schema(value_type = Option<ItemResult>)]
     pub result: Option<Json<ItemResult>>,
 }
 

@@ -2,34 +2,41 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::store::{self, Permission};
 use sqlx::AnyConnection;
 
 use crate::domain::MeetingRole;
 use crate::events::{Event, PermissionChange};
-use crate::http::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
+use crate::http::{
+    page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, User,
+};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/meetings/{id}/permissions", get(list).post(grant))
-        .route(
-            "/meetings/{id}/permissions/{user_id}/{role}",
-            delete(revoke),
-        )
+/// The permission routes, described as they are served.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, grant))
+        .routes(routes!(revoke))
 }
 
-#[derive(Deserialize)]
+/// A page of a list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Paging {
+    /// How many, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// How many to skip (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
 }
 
 /// A grant made.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct GrantView {
     meeting_id: String,
     user_id: String,
@@ -37,9 +44,18 @@ pub(super) struct GrantView {
     granted_by: String,
 }
 
-#[derive(Deserialize)]
+/// A role to grant.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Grant {
+    /// Who receives it (1–200 characters).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     user_id: String,
+    /// The role.
+    #[schema(value_type = MeetingRole)]
     role: String,
 }
 
@@ -94,6 +110,14 @@ fn may_revoke(role: MeetingRole, holders: i64) -> bool {
     }
 }
 
+/// Who holds which role on a meeting (its managers only).
+#[utoipa::path(get, path = "/meetings/{id}/permissions", operation_id = "listPermissions", tag = "permission",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The meeting's id"), Paging),
+    responses(
+        (status = 200, description = "A page of roles held", body = Vec<Permission>),
+        (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
+        (status = 404, description = "`not_found`: the meeting is not known here (yet)", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     user: User,
@@ -107,6 +131,16 @@ async fn list(
     Ok(Json(store::list(&state.pool, &id, limit, offset).await?))
 }
 
+/// Grant a role on a meeting (its managers only).
+#[utoipa::path(post, path = "/meetings/{id}/permissions", operation_id = "grantPermission", tag = "permission",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The meeting's id")),
+    request_body = Grant,
+    responses(
+        (status = 201, description = "Granted", body = GrantView),
+        (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
+        (status = 404, description = "`not_found`: the meeting is not known here (yet)", body = ErrorBody),
+        (status = 409, description = "`conflict`: the user already holds the role", body = ErrorBody)))]
 async fn grant(
     State(state): State<AppState>,
     user: User,
@@ -143,6 +177,19 @@ async fn grant(
     ))
 }
 
+/// Revoke a role (its managers only; a meeting keeps at least one manager).
+#[utoipa::path(delete, path = "/meetings/{id}/permissions/{user_id}/{role}", operation_id = "revokePermission", tag = "permission",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The meeting's id"),
+        ("user_id" = String, Path, description = "Who holds the role"),
+        ("role" = MeetingRole, Path, description = "The role")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
+        (status = 404, description = "`not_found`: the meeting is not known here, or the user does not hold the role", body = ErrorBody),
+        (status = 409, description = "`conflict`: the last manager cannot be revoked", body = ErrorBody),
+        (status = 422, description = "`invalid`: not a role", body = ErrorBody)))]
 async fn revoke(
     State(state): State<AppState>,
     user: User,

@@ -7,7 +7,8 @@ use crate::domain::MeetingRole;
 use crate::envelope::now_rfc3339;
 use crate::store::for_update;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A role held on a meeting.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub(super) struct Permission {
     pub meeting_id: String,
     pub user_id: String,

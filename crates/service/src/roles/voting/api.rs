@@ -2,50 +2,66 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::store::{self, Ballot};
 use crate::domain::BallotStatus;
 use crate::events::{Event, VoteCounted, VotingCompleted};
-use crate::http::{page, ApiError, ApiJson, ApiPath, ApiQuery, AppState, User};
+use crate::http::{page, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, User};
 use crate::roles::grants;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ballots", get(list))
-        .route("/ballots/{id}", get(get_one))
-        .route("/ballots/{id}/votes", post(vote))
-        .route("/ballots/{id}/close", post(close))
+/// The voting routes, described as they are served.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(vote))
+        .routes(routes!(close))
 }
 
-#[derive(Deserialize)]
+/// Which ballots, and a page of them.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Filter {
+    /// Only this election's.
     election_id: Option<String>,
+    /// Only this meeting's.
     meeting_id: Option<String>,
+    /// How many, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// How many to skip (default 0).
+    #[param(minimum = 0)]
     offset: Option<i64>,
 }
 
-#[derive(Deserialize)]
+/// A vote.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Vote {
+    /// One of the ballot's options.
     choice: String,
 }
 
 /// The ballot as shown to clients: how many have voted, never who; the tally stays empty
 /// (`null`) while the ballot is open.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct BallotView {
     id: String,
     election_id: String,
     meeting_id: String,
     agenda_item_id: String,
     status: BallotStatus,
+    /// The candidates, as the election opened the ballot.
+    #[schema(value_type = Vec<String>)]
     options: crate::store::Json<Vec<String>>,
     votes_cast: i64,
+    /// Votes per option, once closed.
+    #[schema(value_type = Option<BTreeMap<String, u64>>)]
     tally: Option<crate::store::Json<BTreeMap<String, u64>>>,
     created_at: String,
     closed_at: Option<String>,
@@ -69,7 +85,7 @@ impl BallotView {
 }
 
 /// A vote accepted, shown to the voter who cast it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct VoteView {
     ballot_id: String,
     user_id: String,
@@ -90,6 +106,11 @@ fn found(id: &str, ballot: Option<Ballot>) -> Result<Ballot, ApiError> {
     ballot.ok_or_else(|| ApiError::NotFound(format!("no ballot {id}")))
 }
 
+/// The ballots, oldest first, with how many voted (never who).
+#[utoipa::path(get, path = "/ballots", operation_id = "listBallots", tag = "voting",
+    security(("bearer" = [])),
+    params(Filter),
+    responses((status = 200, description = "A page of ballots", body = Vec<BallotView>)))]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(f): ApiQuery<Filter>,
@@ -117,6 +138,13 @@ async fn list(
     ))
 }
 
+/// One ballot.
+#[utoipa::path(get, path = "/ballots/{id}", operation_id = "getBallot", tag = "voting",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The ballot's id")),
+    responses(
+        (status = 200, description = "The ballot", body = BallotView),
+        (status = 404, description = "`not_found`: no such ballot", body = ErrorBody)))]
 async fn get_one(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -125,6 +153,15 @@ async fn get_one(
     Ok(Json(view(&state.pool, b).await?))
 }
 
+/// Vote once on an open ballot.
+#[utoipa::path(post, path = "/ballots/{id}/votes", operation_id = "vote", tag = "voting",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The ballot's id")),
+    request_body = Vote,
+    responses(
+        (status = 201, description = "Counted", body = VoteView),
+        (status = 404, description = "`not_found`: no such ballot", body = ErrorBody),
+        (status = 409, description = "`conflict`: the ballot is closed, or you have voted", body = ErrorBody)))]
 async fn vote(
     State(state): State<AppState>,
     user: User,
@@ -173,6 +210,15 @@ async fn vote(
     ))
 }
 
+/// Close the ballot and count it (the meeting's managers only).
+#[utoipa::path(post, path = "/ballots/{id}/close", operation_id = "closeBallot", tag = "voting",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The ballot's id")),
+    responses(
+        (status = 200, description = "Closed, with its tally", body = BallotView),
+        (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such ballot", body = ErrorBody),
+        (status = 409, description = "`conflict`: already closed", body = ErrorBody)))]
 async fn close(
     State(state): State<AppState>,
     user: User,
