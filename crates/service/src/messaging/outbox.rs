@@ -297,7 +297,9 @@ pub(crate) async fn run_relay(
                     probing = match (probing, batch.refused, batch.set_aside) {
                         (_, _, true) => 0,
                         (0, true, _) => BATCH,
-                        (n, _, _) => n.saturating_sub(batch.fetched as i64),
+                        // Never below zero: a batch that was not probing must not keep the
+                        // next refusal from starting a probe.
+                        (n, _, _) => (n - batch.fetched as i64).max(0),
                     };
                     batch.fetched == limit as usize || probing > 0
                 }
@@ -456,6 +458,7 @@ async fn relay_batch(
         {
             Ok(confirm) => pending.push((row, publisher::confirmed(confirm))),
             Err(e) => {
+                tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, error = %e, kind = ?e.kind(), "publishing this event failed; it stays in the outbox");
                 send_error = Some(e);
                 break;
             }
