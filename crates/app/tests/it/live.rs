@@ -64,6 +64,9 @@ async fn a_walk_reaches_the_stream_in_order_and_resumes_on_another_replica_exact
     assert_eq!(first.headers["cache-control"], "no-cache");
     assert_eq!(first.headers["x-accel-buffering"], "no");
     assert!(first.headers.get("content-encoding").is_none());
+    // A second reader, to know when both nominations are on the stream: each role's relay
+    // publishes on its own, so the stream's order across roles is the order of publication.
+    let mut watch = Sse::as_user(&stream_url(&urls.live, &meeting), "alice").await;
 
     let item = add_item(&urls, &alice, &meeting, "Chair", "election").await;
     let (s, _) = alice
@@ -96,7 +99,12 @@ async fn a_walk_reaches_the_stream_in_order_and_resumes_on_another_replica_exact
     let resume_from = seen_before_drop.last().unwrap().id.clone().unwrap();
     drop(first);
 
-    // Meanwhile the meeting goes on.
+    // Meanwhile the meeting goes on, once the second nomination is on the stream.
+    let seen = watch.until("election.nomination.accepted", WAIT).await;
+    if seen.last().map(|e| e.data["candidate"].clone()) != Some(json!("grace")) {
+        watch.until("election.nomination.accepted", WAIT).await;
+    }
+    drop(watch);
     crate::flow::start(&urls, &alice, &meeting, &item).await;
     let ballot = crate::flow::ballot_of(&urls, &alice, &election).await["id"]
         .as_str()
