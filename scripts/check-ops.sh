@@ -101,7 +101,7 @@ for port in 8081 8082 8083 8084 8085; do
     -H "Authorization: Bearer $token" \
     --checks all \
     "${skip[@]}" \
-    --max-examples "${SCHEMATHESIS_EXAMPLES:-10}" --max-time "${SCHEMATHESIS_SECONDS:-60}" --request-timeout 10 \
+    --max-examples "${SCHEMATHESIS_EXAMPLES:-10}" --max-time "${SCHEMATHESIS_SECONDS:-45}" --request-timeout 10 \
     --seed 1 --no-color --report junit --report-dir "$tools/schemathesis-$port" 2>&1 | tail -25
   status=${PIPESTATUS[0]}
   [ "$status" -eq 0 ] || { echo "schemathesis found defects on port $port" >&2; exit 1; }

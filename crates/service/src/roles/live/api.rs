@@ -156,7 +156,24 @@ struct DevSignIn {
     user: String,
     /// Seconds the token lives, 5–86400; default an hour.
     #[schema(minimum = 5, maximum = 86400)]
+    #[serde(default, deserialize_with = "whole_number")]
     ttl_seconds: Option<u64>,
+}
+
+/// A whole number as JSON Schema's `integer` allows it: `117` or `117.0`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(v) = n.as_u64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a whole, non-negative number"
+        ))),
+    }
 }
 
 /// A token signed with the development key.
@@ -743,5 +760,26 @@ async fn next_item(source: &mut Source) -> Next {
             Ok(Some(item)) => Next::Replayed(item),
             Ok(None) | Err(_) => Next::Ended,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ttl(body: &str) -> Result<Option<u64>, String> {
+        serde_json::from_str::<DevSignIn>(body)
+            .map(|b| b.ttl_seconds)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_whole_number_of_seconds_may_be_written_as_json_schema_allows() {
+        assert_eq!(ttl(r#"{"user": "a", "ttl_seconds": 117}"#), Ok(Some(117)));
+        assert_eq!(ttl(r#"{"user": "a", "ttl_seconds": 117.0}"#), Ok(Some(117)));
+        assert_eq!(ttl(r#"{"user": "a"}"#), Ok(None));
+        assert_eq!(ttl(r#"{"user": "a", "ttl_seconds": null}"#), Ok(None));
+        assert!(ttl(r#"{"user": "a", "ttl_seconds": 117.5}"#).is_err());
+        assert!(ttl(r#"{"user": "a", "ttl_seconds": -5}"#).is_err());
     }
 }
