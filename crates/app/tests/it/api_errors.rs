@@ -116,6 +116,13 @@ async fn each_error_status_comes_with_a_json_reason() {
             "bad_request",
         ),
         case(
+            "an array for an object",
+            &alice,
+            Post(format!("{m}/meetings"), json!(["AGM"])),
+            400,
+            "bad_request",
+        ),
+        case(
             "wrong type",
             &alice,
             Post(format!("{m}/meetings"), json!({"title": 42})),

@@ -209,10 +209,33 @@ impl From<PathRejection> for ApiError {
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub(crate) struct ApiPath<T>(pub T);
 
-/// A JSON body whose parse errors are answered as [`ApiError::BadRequest`].
-#[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body whose parse errors are answered as [`ApiError::BadRequest`]. Only an
+/// object is taken: serde would also read a struct from an array of its fields in order
+/// (`["AGM"]` as `{"title": "AGM"}`), which the contract (`openapi.json`) does not allow.
 pub(crate) struct ApiJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) =
+            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            ApiError::BadRequest(crate::telemetry::short(&format!(
+                "the JSON body does not fit: {e}"
+            )))
+        })
+    }
+}
 
 /// A query string whose parse errors are answered as [`ApiError::BadRequest`].
 #[derive(axum::extract::FromRequestParts)]
