@@ -255,21 +255,42 @@ pub(crate) fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)
     Ok((limit, offset))
 }
 
-/// A required, trimmed, bounded text field.
+/// A required, bounded text field without control characters, trimmed. The bound and the
+/// character check apply to the text as sent (the contract's `maxLength` and `pattern`).
 pub(crate) fn text_field(name: &str, value: &str, max: usize) -> Result<String, ApiError> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(ApiError::Invalid(format!("{name} must not be empty")));
+    if value.chars().count() > max {
+        return Err(ApiError::Invalid(format!(
+            "{name} must be at most {max} characters"
+        )));
     }
     if value.chars().any(char::is_control) {
         return Err(ApiError::Invalid(format!(
             "{name} must not contain control characters"
         )));
     }
-    if value.chars().count() > max {
-        return Err(ApiError::Invalid(format!(
-            "{name} must be at most {max} characters"
-        )));
+    // White space as the contract's pattern (ECMAScript `\s`) has it: Unicode's, and U+FEFF.
+    let value = value.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+    if value.is_empty() {
+        return Err(ApiError::Invalid(format!("{name} must not be empty")));
     }
     Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_field_is_held_to_the_contracts_bound_and_pattern_as_sent() {
+        assert_eq!(text_field("title", "  AGM ", 200).unwrap(), "AGM");
+        // The bound counts what was sent, spaces included (the contract's maxLength).
+        let padded = format!(" {}", "x".repeat(200));
+        assert!(text_field("title", &padded, 200).is_err());
+        assert!(text_field("title", &"x".repeat(200), 200).is_ok());
+        // A control character anywhere, even where trimming would drop it, is refused.
+        assert!(text_field("title", "AGM\n", 200).is_err());
+        assert!(text_field("title", "A\u{7}GM", 200).is_err());
+        // Blank as the pattern's `\s` has it, U+FEFF included.
+        assert!(text_field("title", " \u{feff}\u{3000} ", 200).is_err());
+    }
 }
