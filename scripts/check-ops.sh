@@ -90,7 +90,9 @@ done
 step "schemathesis: every role's API against its own /openapi.json"
 # Every operation of each role, authenticated as a user, a bounded number of examples each:
 # every check (no 5xx; every answer as documented: status, content type, headers, schema;
-# invalid input refused, valid input accepted; auth enforced). The live
+# invalid input refused; auth enforced) but one: "valid input accepted" assumes a request
+# that fits the schema succeeds, and a vote's `choice` must also be one of that ballot's
+# options, which no schema can state (such a vote is 422 `invalid`). The live
 # role's streams are left out: they are answered and then stay open by design (their errors
 # are covered by the integration tests).
 token=$(target/debug/app token --dev --user alice)
@@ -99,7 +101,7 @@ for port in 8081 8082 8083 8084 8085; do
   [ "$port" = 8085 ] && skip=(--exclude-path-regex '^/live/meetings')
   schemathesis run "http://127.0.0.1:$port/openapi.json" --url "http://127.0.0.1:$port" \
     -H "Authorization: Bearer $token" \
-    --checks all \
+    --checks all --exclude-checks positive_data_acceptance \
     "${skip[@]}" \
     --max-examples "${SCHEMATHESIS_EXAMPLES:-10}" --max-time "${SCHEMATHESIS_SECONDS:-45}" --request-timeout 10 \
     --seed 1 --no-color --report junit --report-dir "$tools/schemathesis-$port" 2>&1 | tail -25
