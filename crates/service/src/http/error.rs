@@ -242,6 +242,25 @@ where
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub(crate) struct ApiQuery<T>(pub T);
 
+/// The query of a list endpoint that takes only a page.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Paging {
+    /// How many, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// How many to skip (default 0).
+    #[param(minimum = 0)]
+    offset: Option<i64>,
+}
+
+impl Paging {
+    /// `(limit, offset)`, checked as [`page`] does.
+    pub(crate) fn bounds(&self) -> Result<(i64, i64), ApiError> {
+        page(self.limit, self.offset)
+    }
+}
+
 /// `limit` (default 100, 1–1000) and `offset` (default 0) of list endpoints.
 pub(crate) fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64), ApiError> {
     let limit = limit.unwrap_or(100);

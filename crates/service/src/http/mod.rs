@@ -22,7 +22,7 @@ use tower_http::trace::TraceLayer;
 
 pub(crate) use auth::{Auth, User};
 use error::LostRace;
-pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, Paging};
 pub(crate) use serve::{serve, Limits};
 
 use crate::messaging::{Broker, Outbox};

@@ -15,7 +15,7 @@ use crate::events::{
     AgendaItemAdded, AgendaItemOpened, ElectionCreate, ElectionStart, Event, MeetingCreated,
 };
 use crate::http::{
-    page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, User,
+    text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Paging, User,
 };
 use crate::messaging::Work;
 use crate::roles::grants;
@@ -55,18 +55,6 @@ struct NewItem {
     /// `election` or `discussion`.
     #[schema(value_type = ItemKind)]
     kind: String,
-}
-
-/// A page of a list.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct Paging {
-    /// How many, 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
-    /// How many to skip (default 0).
-    #[param(minimum = 0)]
-    offset: Option<i64>,
 }
 
 /// A meeting with its agenda and the managers known here.
@@ -164,7 +152,7 @@ async fn list_meetings(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<Paging>,
 ) -> Result<Json<Vec<Meeting>>, ApiError> {
-    let (limit, offset) = page(q.limit, q.offset)?;
+    let (limit, offset) = q.bounds()?;
     Ok(Json(
         store::list_meetings(&state.pool, limit, offset).await?,
     ))

@@ -13,7 +13,7 @@ use sqlx::AnyConnection;
 use crate::domain::MeetingRole;
 use crate::events::{Event, PermissionChange};
 use crate::http::{
-    page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, User,
+    text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Paging, User,
 };
 
 /// The permission routes, described as they are served.
@@ -21,18 +21,6 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, grant))
         .routes(routes!(revoke))
-}
-
-/// A page of a list.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct Paging {
-    /// How many, 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    limit: Option<i64>,
-    /// How many to skip (default 0).
-    #[param(minimum = 0)]
-    offset: Option<i64>,
 }
 
 /// A grant made.
@@ -124,7 +112,7 @@ async fn list(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<Paging>,
 ) -> Result<Json<Vec<Permission>>, ApiError> {
-    let (limit, offset) = page(q.limit, q.offset)?;
+    let (limit, offset) = q.bounds()?;
     known_meeting(&state.pool, &id).await?;
     // Who manages a meeting is for its managers to see.
     require_manager(&state.pool, &id, &user).await?;
