@@ -11,7 +11,25 @@ use commands::{operator, Failure};
 
 fn main() -> ExitCode {
     let parsed = cli::parse();
-    meeting_events::telemetry::init_logs("info");
+    // The default service.name of the spans: the role's SERVICE_NAME; the whole system when
+    // one process runs every role; the operator tool otherwise.
+    let service = match &parsed {
+        Parsed::Role(role) => std::env::var("SERVICE_NAME")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| role.service_name()),
+        Parsed::Other(cli) if matches!(cli.command, Command::All { .. }) => {
+            "meeting-system".to_string()
+        }
+        Parsed::Other(_) => "meeting-events-cli".to_string(),
+    };
+    let _telemetry = match meeting_events::telemetry::init("info", &service) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

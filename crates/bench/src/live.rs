@@ -31,71 +31,78 @@ fn raise_file_limit(streams: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One stream, read until `count` markers arrived; each arrival is sent on `arrived`.
+/// One stream, read until `count` markers arrived; each arrival is sent on `arrived`. It
+/// reads as lean a client as a socket allows (a browser runs on its own machine; here the
+/// client shares the replica's two cores, so it should cost as little as it can).
 async fn follow(
-    http: reqwest::Client,
-    url: String,
-    token: String,
+    addr: std::net::SocketAddr,
+    request: Arc<[u8]>,
     opened: tokio::sync::mpsc::Sender<anyhow::Result<()>>,
     arrived: tokio::sync::mpsc::UnboundedSender<Instant>,
     count: usize,
 ) {
-    let response = match http
-        .get(&url)
-        .bearer_auth(&token)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-    {
-        Ok(r) if r.status() == 200 => r,
-        Ok(r) => {
-            let _ = opened
-                .send(Err(anyhow::anyhow!("the stream answered {}", r.status())))
-                .await;
-            return;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let open = async {
+        let mut socket = tokio::net::TcpStream::connect(addr).await?;
+        socket.write_all(&request).await?;
+        let mut head = Vec::with_capacity(512);
+        let mut buf = [0u8; 512];
+        // The head, then the first byte of the body (a comment): the stream is open.
+        loop {
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                bail!("the stream ended before its first byte");
+            }
+            head.extend_from_slice(&buf[..n]);
+            if let Some(end) = find(&head, b"\r\n\r\n") {
+                if !head.starts_with(b"HTTP/1.1 200") {
+                    bail!(
+                        "the stream answered {}",
+                        String::from_utf8_lossy(&head[..end])
+                    );
+                }
+                if head.len() > end + 4 {
+                    return Ok(socket);
+                }
+            }
+        }
+    };
+    let mut socket = match open.await {
+        Ok(socket) => {
+            let _ = opened.send(Ok(())).await;
+            socket
         }
         Err(e) => {
-            let _ = opened.send(Err(e.into())).await;
+            let _ = opened.send(Err(e)).await;
             return;
         }
     };
-    let mut response = response;
-    // The first byte comes at once (a comment): the stream is open on the replica.
-    match response.chunk().await {
-        Ok(Some(_)) => {
-            let _ = opened.send(Ok(())).await;
-        }
-        _ => {
-            let _ = opened
-                .send(Err(anyhow::anyhow!(
-                    "the stream ended before its first byte"
-                )))
-                .await;
-            return;
-        }
-    }
     let mut seen = 0;
-    let mut tail = String::new();
+    let mut buf = [0u8; 2048];
+    // What could be the start of a marker split across reads.
+    let mut carry = 0;
     while seen < count {
-        let Ok(Some(bytes)) = response.chunk().await else {
+        let Ok(n) = socket.read(&mut buf[carry..]).await else {
             return;
         };
+        if n == 0 {
+            return;
+        }
         let at = Instant::now();
-        tail.push_str(&String::from_utf8_lossy(&bytes));
-        while let Some(i) = tail.find(MARKER) {
+        let filled = carry + n;
+        let mut from = 0;
+        while let Some(i) = find(&buf[from..filled], MARKER.as_bytes()) {
             seen += 1;
             let _ = arrived.send(at);
-            tail.drain(..i + MARKER.len());
+            from += i + MARKER.len();
         }
-        // Keep only what could be the start of a marker split across reads.
-        if tail.len() > MARKER.len() {
-            let mut cut = tail.len() - MARKER.len();
-            while !tail.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            tail.drain(..cut);
-        }
+        carry = (filled - from).min(MARKER.len() - 1);
+        buf.copy_within(filled - carry..filled, 0);
     }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 pub(crate) async fn live(
@@ -132,9 +139,6 @@ pub(crate) async fn live(
     let viewer_tokens = (0..viewers)
         .map(|v| issue(&format!("viewer-{v}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()?;
     let api = reqwest::Client::new();
     let r = api
         .post(format!("{}/meetings", meeting.base))
@@ -173,16 +177,29 @@ pub(crate) async fn live(
     let idle_mb = rss_mb(replica.child.id());
 
     // Open the streams, a few hundred connecting at a time (the listen backlog).
-    let url = format!("{}/live/meetings/{id}", replica.base);
+    let addr: std::net::SocketAddr = replica
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .context("the replica's address")?;
+    let requests_of: Vec<Arc<[u8]>> = viewer_tokens
+        .iter()
+        .map(|token| {
+            format!(
+                "GET /live/meetings/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .into_bytes()
+            .into()
+        })
+        .collect();
     let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel(streams);
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(streams);
     let mut open = 0;
     for i in 0..streams {
         tasks.push(tokio::spawn(follow(
-            http.clone(),
-            url.clone(),
-            viewer_tokens[i % viewers].clone(),
+            addr,
+            requests_of[i % viewers].clone(),
             opened_tx.clone(),
             arrived_tx.clone(),
             requests,

@@ -20,6 +20,7 @@ pub mod shutdown;
 mod store;
 pub mod system;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::Settings;
 pub use system::Role;

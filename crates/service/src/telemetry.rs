@@ -6,23 +6,74 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Install the log subscriber once. `default_level` applies when `RUST_LOG` is unset.
+/// Install the log subscriber once, without trace export. `default_level` applies when
+/// `RUST_LOG` is unset.
 pub fn init_logs(default_level: &str) {
+    let _ = install(default_level, None);
+}
+
+/// Logs and, when an OTLP endpoint is configured (the standard `OTEL_*` variables), trace
+/// export with `service` as the default `service.name`. Keep the returned guard alive: its
+/// drop flushes the last spans. A bad `OTEL_*` value is an error naming the variable.
+pub fn init(default_level: &str, service: &str) -> Result<Telemetry, String> {
+    let config = crate::trace::config_from(|k| std::env::var(k).ok(), service)?;
+    let provider = config.map(|c| c.provider()).transpose()?;
+    let _ = install(default_level, provider.as_ref());
+    Ok(Telemetry { provider })
+}
+
+/// Flushes and stops trace export when dropped.
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown_with_timeout(std::time::Duration::from_secs(5)) {
+                tracing::warn!(error = %e, "the last spans could not be flushed to the trace collector");
+            }
+        }
+    }
+}
+
+/// The subscriber: the log layer filtered by `RUST_LOG`, and the export layer, which takes only
+/// this crate's trace spans (target [`crate::trace::TARGET`]), whatever the log level.
+fn install(
+    default_level: &str,
+    provider: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+) -> Result<(), tracing_subscriber::util::TryInitError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
-            .json()
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if json {
+        logs.json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.try_init()
+        logs.with_filter(filter).boxed()
     };
+    let export = provider.map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(crate::trace::tracer(p))
+            .with_level(false)
+            .with_target(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && meta.target() == crate::trace::TARGET
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(export)
+        .try_init()
 }
 
 /// The process's Prometheus recorder, installed on first use.

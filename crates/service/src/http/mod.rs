@@ -19,6 +19,7 @@ use serde::Serialize;
 use sqlx::AnyPool;
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 pub(crate) use auth::{Auth, User};
 use error::LostRace;
@@ -235,14 +236,47 @@ async fn track_requests(State(state): State<AppState>, request: Request, next: N
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
+    let span = server_span(method, &route, &request);
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
+    if !span.is_disabled() {
+        let code = response.status().as_u16();
+        crate::trace::set_int(&span, crate::trace::attr::HTTP_STATUS, i64::from(code));
+        if code >= 500 {
+            crate::trace::fail(&span, &code.to_string(), "server error");
+        }
+    }
     let status = response.status().as_u16().to_string();
     let service = state.service.to_string();
     metrics::counter!("http_requests_total", "service" => service.clone(), "method" => method, "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("http_request_duration_seconds", "service" => service, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The SERVER span of a request (when traces are exported), named by its route template and
+/// continuing the caller's `traceparent`.
+fn server_span(method: &str, route: &str, request: &Request) -> tracing::Span {
+    if !crate::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(target: crate::trace::TARGET, "request",
+        otel.name = %format_args!("{method} {route}"), otel.kind = "server",
+        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    let parent = crate::trace::Carrier::from_http(request.headers()).context();
+    crate::trace::set(
+        &span,
+        &[
+            (crate::trace::attr::HTTP_METHOD, method.to_string()),
+            (crate::trace::attr::HTTP_ROUTE, route.to_string()),
+            (
+                crate::trace::attr::URL_PATH,
+                request.uri().path().to_string(),
+            ),
+        ],
+    );
+    crate::trace::start(&span, Some(&parent), false);
+    span
 }
 
 /// Answer 408 when a request, body included, takes longer than `limit`.

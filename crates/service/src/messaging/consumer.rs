@@ -328,6 +328,61 @@ impl Consumer {
 
     /// Handle one delivery to the end: acked after commit, or retried, or parked.
     async fn process(&self, session: &Session, delivery: Delivery) -> lapin::Result<()> {
+        let span = self.process_span(&delivery);
+        self.process_in(session, delivery).instrument(span).await
+    }
+
+    /// The CONSUMER `process` span of a delivery: parented to the context the message carries
+    /// (its `create` span) and linked to it; a new trace when it carries none. Its fields name
+    /// the event in every log line written while it is handled.
+    fn process_span(&self, delivery: &Delivery) -> tracing::Span {
+        use crate::trace::attr;
+        let mq = self.broker.settings();
+        let props = &delivery.properties;
+        let event_id = props
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str())
+            .unwrap_or("");
+        let correlation_id = props
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.as_str())
+            .unwrap_or(event_id);
+        let routing_key = original_routing_key(delivery);
+        let span = tracing::info_span!(target: crate::trace::TARGET, "event",
+            otel.name = %format_args!("process {}", mq.queue), otel.kind = "consumer",
+            event_id = %short(event_id), event_type = %short(&routing_key),
+            correlation_id = %short(correlation_id),
+            trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+        if !crate::trace::enabled() {
+            return span;
+        }
+        let attempt = headers::count(props, headers::ATTEMPTS).unwrap_or(0) + 1;
+        crate::trace::set(
+            &span,
+            &[
+                (attr::MESSAGING_SYSTEM, "rabbitmq".to_string()),
+                (attr::OPERATION_TYPE, "process".to_string()),
+                (attr::OPERATION_NAME, "process".to_string()),
+                (
+                    attr::DESTINATION,
+                    format!("{}:{routing_key}:{}", mq.exchange, mq.queue),
+                ),
+                (attr::ROUTING_KEY, routing_key.clone()),
+                (attr::MESSAGE_ID, event_id.to_string()),
+                (attr::CONVERSATION_ID, correlation_id.to_string()),
+                (attr::CONSUMER_GROUP, mq.queue.clone()),
+            ],
+        );
+        crate::trace::set_int(&span, attr::DELIVERY_TAG, delivery.delivery_tag as i64);
+        crate::trace::set_int(&span, attr::ATTEMPT, attempt as i64);
+        let parent = crate::trace::Carrier::from_amqp(props).context();
+        crate::trace::start(&span, Some(&parent), true);
+        span
+    }
+
+    async fn process_in(&self, session: &Session, delivery: Delivery) -> lapin::Result<()> {
         let (envelope, event) =
             match decode(&delivery.data, self.broker.settings().max_message_bytes) {
                 Ok(decoded) => decoded,
@@ -350,8 +405,7 @@ impl Consumer {
                 .settle(session, &delivery, label, handled, &detail)
                 .await;
         }
-        let span = tracing::info_span!("event", event_id = %short(&envelope.event_id), event_type = type_label(&envelope.event_type), correlation_id = %short(envelope.chain_id()));
-        async {
+        {
             let service = &self.broker.settings().service_name;
             let started = Instant::now();
             let outcome = self.apply(&envelope, event).await;
@@ -367,10 +421,9 @@ impl Consumer {
                     (e.handled(), Chain(&e).to_string())
                 }
             };
-            self.settle(session, &delivery, label, handled, &detail).await
+            self.settle(session, &delivery, label, handled, &detail)
+                .await
         }
-        .instrument(span)
-        .await
     }
 
     /// Whether the delivery's sender may publish `event` here (always in open mode); the
@@ -454,7 +507,8 @@ impl Consumer {
                         .trusted(&delivery, &event, type_label(&envelope.event_type))
                         .is_ok() =>
                 {
-                    ready.push((delivery, envelope, event))
+                    let span = self.process_span(&delivery);
+                    ready.push((delivery, envelope, event, span))
                 }
                 // Can never succeed, or not from this sender: parked, with its reason, by
                 // the one-at-a-time path.
@@ -464,22 +518,26 @@ impl Consumer {
         let started = Instant::now();
         let items = ready
             .iter()
-            .map(|(_, env, event)| (env, event.clone()))
+            .map(|(_, env, event, span)| (env, event.clone(), span.clone()))
             .collect();
         match self.apply_all(items).await {
             Ok(outcomes) => {
                 let service = &self.broker.settings().service_name;
                 let each = started.elapsed().as_secs_f64() / ready.len().max(1) as f64;
-                for ((delivery, envelope, _), applied) in ready.iter().zip(outcomes) {
+                for ((delivery, envelope, _, span), applied) in ready.iter().zip(outcomes) {
                     let label = type_label(&envelope.event_type);
                     metrics::histogram!("event_handler_duration_seconds", "service" => service.clone(), "event_type" => label).record(each);
-                    self.record_applied(envelope, label, &applied);
-                    delivery.ack(BasicAckOptions::default()).await?;
+                    async {
+                        self.record_applied(envelope, label, &applied);
+                        delivery.ack(BasicAckOptions::default()).await
+                    }
+                    .instrument(span.clone())
+                    .await?;
                 }
                 Ok(())
             }
             Err(_) => {
-                for (delivery, _, _) in ready {
+                for (delivery, _, _, _) in ready {
                     self.process(session, delivery).await?;
                 }
                 Ok(())
@@ -502,14 +560,19 @@ impl Consumer {
     }
 
     async fn apply(&self, envelope: &Envelope, event: Event) -> Result<Applied, HandleError> {
-        let mut outcomes = self.apply_all(vec![(envelope, event)]).await?;
+        let mut outcomes = self
+            .apply_all(vec![(envelope, event, tracing::Span::current())])
+            .await?;
         Ok(outcomes.pop().unwrap_or(Applied::Duplicate))
     }
 
     /// Apply events in order in one unit of work, each recorded in the inbox with its
     /// effect. An event already in the inbox (redelivered, or twice in this batch) changes
     /// nothing.
-    async fn apply_all(&self, items: Vec<(&Envelope, Event)>) -> Result<Vec<Applied>, HandleError> {
+    async fn apply_all(
+        &self,
+        items: Vec<(&Envelope, Event, tracing::Span)>,
+    ) -> Result<Vec<Applied>, HandleError> {
         let mut attempt = 0;
         loop {
             match self.apply_once(&items).await {
@@ -526,29 +589,36 @@ impl Consumer {
         }
     }
 
-    async fn apply_once(&self, items: &[(&Envelope, Event)]) -> Result<Vec<Applied>, HandleError> {
+    /// Each item is applied inside its own `process` span, so what its handler emits
+    /// continues that message's trace.
+    async fn apply_once(
+        &self,
+        items: &[(&Envelope, Event, tracing::Span)],
+    ) -> Result<Vec<Applied>, HandleError> {
         let mut work = self.outbox.begin().await?;
         let mut outcomes = Vec::with_capacity(items.len());
-        for (envelope, event) in items {
-            match inbox::record(&mut work, envelope).await? {
-                Recorded::New => {}
-                Recorded::Duplicate => {
-                    outcomes.push(Applied::Duplicate);
-                    continue;
+        for (envelope, event, span) in items {
+            let applied = async {
+                match inbox::record(&mut work, envelope).await? {
+                    Recorded::New => {}
+                    Recorded::Duplicate => return Ok(Applied::Duplicate),
+                    Recorded::Conflict => {
+                        return Err(HandleError::Conflict(format!(
+                            "event {} was applied before with another body",
+                            crate::telemetry::short(&envelope.event_id)
+                        )))
+                    }
                 }
-                Recorded::Conflict => {
-                    return Err(HandleError::Conflict(format!(
-                        "event {} was applied before with another body",
-                        crate::telemetry::short(&envelope.event_id)
-                    )))
-                }
+                work.caused_by(envelope);
+                AssertUnwindSafe((self.handler)(&mut work, envelope, event.clone()))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(HandleError::Retry("handler panicked".into())))?;
+                Ok(Applied::Applied)
             }
-            work.caused_by(envelope);
-            AssertUnwindSafe((self.handler)(&mut work, envelope, event.clone()))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Err(HandleError::Retry("handler panicked".into())))?;
-            outcomes.push(Applied::Applied);
+            .instrument(span.clone())
+            .await?;
+            outcomes.push(applied);
         }
         work.commit().await?;
         Ok(outcomes)
@@ -593,6 +663,13 @@ impl Consumer {
         );
         let dlq = topology::dead_letter_queue(&mq.queue);
         self.forward(session, delivery, &dlq, props).await?;
+        // The trace of a parked message ends here, failed with its reason; a retry that later
+        // succeeds does not fail it.
+        crate::trace::fail(
+            &tracing::Span::current(),
+            reason.label(),
+            format!("parked: {reason}: {}", short(detail)),
+        );
         metrics::counter!("events_parked_total", "service" => mq.service_name.clone(), "event_type" => label, "reason" => reason.label()).increment(1);
         Ok(())
     }

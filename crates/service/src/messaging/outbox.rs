@@ -15,6 +15,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::envelope::Envelope;
 use crate::events::Event;
@@ -37,14 +38,17 @@ const GAUGE_EVERY: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) struct Outbox {
     producer: Arc<str>,
+    /// The exchange the relay publishes to, for the spans' destination.
+    exchange: Arc<str>,
     store: Store,
     wake: Arc<Notify>,
 }
 
 impl Outbox {
-    pub(crate) fn new(producer: &str, store: Store) -> Self {
+    pub(crate) fn new(producer: &str, exchange: &str, store: Store) -> Self {
         Self {
             producer: producer.into(),
+            exchange: exchange.into(),
             store,
             wake: Arc::default(),
         }
@@ -101,7 +105,13 @@ impl Work {
             envelope.correlation_id = Some(cause.chain_id.clone());
             envelope.causation_id = Some(cause.event_id.clone());
         }
-        insert(&mut self.tx, &envelope).await?;
+        // The event's PRODUCER `create` span, under the request's or the delivery's span; its
+        // context goes into the row and, unchanged, into the message's headers.
+        let span = create_span(&self.outbox.exchange, &envelope);
+        let carrier = crate::trace::Carrier::of(&span);
+        insert(&mut self.tx, &envelope, &carrier)
+            .instrument(span)
+            .await?;
         self.emitted += 1;
         tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event committed to the outbox");
         Ok(())
@@ -137,10 +147,100 @@ impl std::ops::DerefMut for Work {
     }
 }
 
-async fn insert(tx: &mut AnyConnection, envelope: &Envelope) -> sqlx::Result<()> {
+/// The PRODUCER `create` span of an event (none when traces are not exported).
+fn create_span(exchange: &str, envelope: &Envelope) -> tracing::Span {
+    use crate::trace::attr;
+    if !crate::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(target: crate::trace::TARGET, "create",
+        otel.name = %format_args!("create {exchange}:{}", envelope.event_type), otel.kind = "producer",
+        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    let mut attributes = vec![
+        (attr::MESSAGING_SYSTEM, "rabbitmq".to_string()),
+        (attr::OPERATION_TYPE, "create".to_string()),
+        (attr::OPERATION_NAME, "create".to_string()),
+        (
+            attr::DESTINATION,
+            format!("{exchange}:{}", envelope.event_type),
+        ),
+        (attr::ROUTING_KEY, envelope.event_type.clone()),
+        (attr::MESSAGE_ID, envelope.event_id.clone()),
+        (attr::CONVERSATION_ID, envelope.chain_id().to_string()),
+    ];
+    if let Some(cause) = &envelope.causation_id {
+        attributes.push((attr::CAUSATION_ID, cause.clone()));
+    }
+    crate::trace::set(&span, &attributes);
+    crate::trace::start(&span, None, false);
+    span
+}
+
+/// Wait for a publish's confirm; its `publish` span ends there, failed when the broker did not
+/// take the event.
+async fn confirmed(
+    confirm: lapin::PublisherConfirm,
+    span: tracing::Span,
+) -> lapin::Result<Published> {
+    let result = publisher::confirmed(confirm).await;
+    match &result {
+        Ok(Published::Routed) => {}
+        Ok(Published::Unroutable(why)) => crate::trace::fail(&span, "unroutable", why.clone()),
+        Ok(Published::Nacked) => {
+            crate::trace::fail(&span, "nacked", "the broker nacked the publish")
+        }
+        Ok(Published::TimedOut) => {
+            crate::trace::fail(&span, "timeout", "no confirm from the broker")
+        }
+        Err(e) => match refusal(e) {
+            Some(why) => crate::trace::fail(&span, "refused", why),
+            None => crate::trace::fail(&span, "connection", e.to_string()),
+        },
+    }
+    result
+}
+
+/// The CLIENT `publish` span of a row: parented to the context stored with it, and linked to
+/// it (semantic conventions: a send after creation links to the creation context).
+fn publish_span(exchange: &str, row: &OutboxRow) -> tracing::Span {
+    use crate::trace::attr;
+    if !crate::trace::enabled() || row.trace.traceparent.is_none() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(target: crate::trace::TARGET, "publish",
+        otel.name = %format_args!("publish {exchange}:{}", row.event_type), otel.kind = "client",
+        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    let waited_ms = (now_ms() - row.created_at_ms).max(0);
+    crate::trace::set(
+        &span,
+        &[
+            (attr::MESSAGING_SYSTEM, "rabbitmq".to_string()),
+            (attr::OPERATION_TYPE, "send".to_string()),
+            (attr::OPERATION_NAME, "publish".to_string()),
+            (attr::DESTINATION, format!("{exchange}:{}", row.event_type)),
+            (attr::ROUTING_KEY, row.event_type.clone()),
+            (attr::MESSAGE_ID, row.event_id.clone()),
+            (
+                attr::CONVERSATION_ID,
+                row.correlation_id
+                    .clone()
+                    .unwrap_or_else(|| row.event_id.clone()),
+            ),
+        ],
+    );
+    crate::trace::set_int(&span, "meeting_events.outbox.waited_ms", waited_ms);
+    crate::trace::start(&span, Some(&row.trace.context()), true);
+    span
+}
+
+async fn insert(
+    tx: &mut AnyConnection,
+    envelope: &Envelope,
+    trace: &crate::trace::Carrier,
+) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, producer, correlation_id, body, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (event_id, event_type, producer, correlation_id, body, created_at_ms, traceparent, tracestate)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&envelope.event_id)
     .bind(&envelope.event_type)
@@ -148,6 +248,8 @@ async fn insert(tx: &mut AnyConnection, envelope: &Envelope) -> sqlx::Result<()>
     .bind(&envelope.correlation_id)
     .bind(envelope.to_bytes())
     .bind(now_ms())
+    .bind(&trace.traceparent)
+    .bind(&trace.tracestate)
     .execute(tx)
     .await?;
     Ok(())
@@ -161,6 +263,8 @@ struct OutboxRow {
     correlation_id: Option<String>,
     body: Vec<u8>,
     created_at_ms: i64,
+    /// The `create` span's context, sent as the message's trace headers.
+    trace: crate::trace::Carrier,
 }
 
 /// Events waiting in the outbox and the age of the oldest, in seconds.
@@ -406,7 +510,7 @@ async fn relay_batch(
 ) -> Result<Batch, RelayError> {
     let pool = store.pool();
     let rows: Vec<OutboxRow> = sqlx::query(
-        "SELECT seq, event_id, event_type, producer, correlation_id, body, created_at_ms
+        "SELECT seq, event_id, event_type, producer, correlation_id, body, created_at_ms, traceparent, tracestate
          FROM outbox WHERE next_attempt_ms <= $1 ORDER BY seq LIMIT $2",
     )
     .bind(now_ms())
@@ -423,6 +527,10 @@ async fn relay_batch(
             correlation_id: r.try_get(4)?,
             body: r.try_get(5)?,
             created_at_ms: r.try_get(6)?,
+            trace: crate::trace::Carrier {
+                traceparent: r.try_get(7)?,
+                tracestate: r.try_get(8)?,
+            },
         })
     })
     .collect::<sqlx::Result<_>>()?;
@@ -447,6 +555,8 @@ async fn relay_batch(
         )
         // Our identity on the bus: the broker checks it is the connection's user.
         .with_user_id(broker.settings().url.user().into());
+        let props = row.trace.onto_amqp(props);
+        let span = publish_span(exchange, row);
         match publisher::send(
             &session.publisher,
             exchange,
@@ -456,8 +566,9 @@ async fn relay_batch(
         )
         .await
         {
-            Ok(confirm) => pending.push((row, publisher::confirmed(confirm))),
+            Ok(confirm) => pending.push((row, confirmed(confirm, span))),
             Err(e) => {
+                crate::trace::fail(&span, "send_failed", e.to_string());
                 tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, error = %e, kind = ?e.kind(), "publishing this event failed; it stays in the outbox");
                 send_error = Some(e);
                 break;

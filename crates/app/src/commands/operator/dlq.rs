@@ -115,8 +115,12 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
         let user = settings.mq.url.user();
         let first = headers::producer_user(&m.delivery.properties, user);
         let props = headers::moved_by(&props, user, first.as_deref());
+        // A replay starts a new trace, linked to the one the message was parked in.
+        let (span, props) = meeting_events::trace::replay(&props, service);
         let confirm = publisher::send(&ch, "", service, &m.delivery.data, props).await?;
-        match publisher::confirmed(confirm).await? {
+        let confirmed = publisher::confirmed(confirm).await?;
+        drop(span);
+        match confirmed {
             Published::Routed => {
                 m.delivery.ack(BasicAckOptions::default()).await?;
                 replayed += 1;
