@@ -19,4 +19,5 @@ mod permissions;
 mod process;
 mod replicas;
 mod scale;
+mod traces;
 mod trust;

@@ -86,6 +86,22 @@ impl Bus {
             .expect("confirm");
     }
 
+    /// Publish an envelope with the given properties, confirmed.
+    pub async fn publish_with(&self, envelope: &Envelope, props: BasicProperties) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                envelope.event_type.as_str().into(),
+                BasicPublishOptions::default(),
+                &envelope.to_bytes(),
+                props.with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+
     pub async fn publish(&self, envelope: &Envelope) {
         self.publish_raw(&envelope.event_type, &envelope.to_bytes())
             .await;

@@ -8,6 +8,7 @@
 mod broker;
 mod browser;
 mod client;
+pub mod otlp;
 mod roles;
 mod sse;
 mod wait;
