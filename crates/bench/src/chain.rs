@@ -18,6 +18,43 @@ pub(crate) struct Setup {
     pub(crate) label: &'static str,
     pub(crate) postgres: Option<String>,
     pub(crate) replicas: usize,
+    /// Export every span (sampling 1.0) to this OTLP/HTTP receiver.
+    pub(crate) traced: Option<String>,
+}
+
+/// A stand-in trace collector: takes `POST /v1/traces` and answers 200, counting requests
+/// and bytes, so the roles pay the whole cost of exporting.
+pub(crate) struct Receiver {
+    pub(crate) url: String,
+    pub(crate) requests: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Receiver {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let requests: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let bytes: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let (r, b) = (requests.clone(), bytes.clone());
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                r.fetch_add(1, Ordering::Relaxed);
+                b.fetch_add(body.len() as u64, Ordering::Relaxed);
+                async { axum::http::StatusCode::OK }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            url,
+            requests,
+            bytes,
+        })
+    }
 }
 
 /// The store URL of `role` in `setup`: a SQLite file in `dir`, or a new database.
@@ -55,9 +92,16 @@ pub(crate) async fn chain(
         store_for(setup, &dir, tag, &PERMISSION).await?,
         store_for(setup, &dir, tag, &MEETING).await?,
     );
+    let tracing: Vec<(&str, String)> = match &setup.traced {
+        Some(url) => vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.clone()),
+            ("OTEL_TRACES_SAMPLER", "always_on".to_string()),
+        ],
+        None => Vec::new(),
+    };
     for _ in 0..setup.replicas {
-        permissions.push(spawn_role_on(base, &PERMISSION, tag, &permission_db).await?);
-        meetings.push(spawn_role_on(base, &MEETING, tag, &meeting_db).await?);
+        permissions.push(spawn_role_with(base, &PERMISSION, tag, &permission_db, &tracing).await?);
+        meetings.push(spawn_role_with(base, &MEETING, tag, &meeting_db, &tracing).await?);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (meeting, permission) = (&meetings[0], &permissions[0]);

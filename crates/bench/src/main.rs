@@ -210,20 +210,33 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut memory = Vec::new();
     let mut cpu_note = None;
     if want("chain") {
-        let mut setups = vec![Setup {
-            label: "SQLite",
-            postgres: None,
-            replicas: 1,
-        }];
+        // SQLite without and with trace export, one after the other: the cost of tracing.
+        let receiver = Receiver::start().await?;
+        let mut setups = vec![
+            Setup {
+                label: "SQLite",
+                postgres: None,
+                replicas: 1,
+                traced: None,
+            },
+            Setup {
+                label: "SQLite, traced",
+                postgres: None,
+                replicas: 1,
+                traced: Some(receiver.url.clone()),
+            },
+        ];
         if let Some(pg) = &args.postgres {
             for replicas in [1, 2] {
                 setups.push(Setup {
                     label: "PostgreSQL",
                     postgres: Some(pg.clone()),
                     replicas,
+                    traced: None,
                 });
             }
         }
+        let mut untraced: Option<(f64, f64)> = None;
         let mut notes = Vec::new();
         for (i, setup) in setups.iter().enumerate() {
             let chain = chain(&base, &format!("{tag}-c{i}"), &args, setup).await?;
@@ -255,6 +268,30 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             });
             let CpuSplit(split, wall) = &chain.cpu;
             let used: f64 = split.iter().map(|(_, s)| s).sum();
+            let cpu_per_flow_ms = 1000.0 * used / args.flows as f64;
+            if setup.traced.is_none() && untraced.is_none() {
+                untraced = Some((chain.flows_per_sec, cpu_per_flow_ms));
+            }
+            if let (Some(_), Some((rate, cpu))) = (&setup.traced, untraced) {
+                rows.push(Row {
+                    name: "chain traced (every span exported, sampling 1.0) / untraced: flows/s"
+                        .into(),
+                    result: format!(
+                        "{:.0} / {rate:.0} flows/s ({} export requests, {} KB)",
+                        chain.flows_per_sec,
+                        receiver.requests.load(std::sync::atomic::Ordering::Relaxed),
+                        receiver.bytes.load(std::sync::atomic::Ordering::Relaxed) / 1024
+                    ),
+                    ratio: Some(chain.flows_per_sec / rate),
+                    target: "≥ 0.90".into(),
+                });
+                rows.push(Row {
+                    name: "chain traced / untraced: CPU per flow (all processes)".into(),
+                    result: format!("{cpu_per_flow_ms:.2} / {cpu:.2} ms"),
+                    ratio: Some(cpu_per_flow_ms / cpu),
+                    target: "profile".into(),
+                });
+            }
             let parts: Vec<String> = split
                 .iter()
                 .map(|(n, s)| format!("{n} {:.0}%", 100.0 * s / used.max(1e-9)))

@@ -48,6 +48,12 @@ fn install(
     use tracing_subscriber::Layer;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The trace spans (a request, a delivery) are always open to the log layer, whatever the
+    // level, so every line written inside one carries its `trace_id` and `span_id`.
+    let filter = match format!("{}=trace", crate::trace::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if json {
@@ -208,6 +214,18 @@ fn describe() {
         "live_replay_seconds",
         Unit::Seconds,
         "Time to read missed events back from the stream for one resume."
+    );
+    describe_counter!(
+        "trace_spans_exported_total",
+        "Spans the trace collector accepted (OTLP/HTTP)."
+    );
+    describe_counter!(
+        "trace_export_failures_total",
+        "Span batches the trace collector did not take (unreachable, refused); each batch is dropped, not retried."
+    );
+    describe_counter!(
+        "trace_spans_dropped_total",
+        "Spans dropped because the trace collector did not take their batch."
     );
     describe_counter!(
         "http_requests_total",

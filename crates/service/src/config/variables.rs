@@ -26,7 +26,7 @@ pub enum Scope {
     /// role's default instead of the environment (four roles cannot share a queue, a port
     /// or a database).
     PerRole,
-    /// Read by the log setup, not by [`Settings`].
+    /// Read by the log and trace setup, not by [`Settings`].
     Logging,
 }
 
@@ -299,6 +299,51 @@ pub const VARIABLES: &[Variable] = &[
         name: "RUST_LOG",
         help: "log level filter",
         default: Default::Fixed("info"),
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        help: "traces: the OpenTelemetry collector's OTLP/HTTP base URL (`/v1/traces` is appended), e.g. `http://otel-collector:4318`; unset, no spans are exported",
+        default: Default::Absent("traces off"),
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        help: "traces: the full OTLP/HTTP traces URL, used as is; wins over `OTEL_EXPORTER_OTLP_ENDPOINT`",
+        default: Default::Absent("from `OTEL_EXPORTER_OTLP_ENDPOINT`"),
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_PROTOCOL",
+        help: "traces: `http/protobuf` (the only one; also read as `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`)",
+        default: Default::Fixed("http/protobuf"),
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "OTEL_SERVICE_NAME",
+        help: "traces: the `service.name` of the spans",
+        default: Default::PerRole {
+            value: |r| r.service_name(),
+            shown: Some("`SERVICE_NAME`; `meeting-system` for `app all`"),
+        },
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "OTEL_TRACES_SAMPLER",
+        help: "traces: `parentbased_traceidratio` (a caller's sampled flag wins, else the ratio), `parentbased_always_on`, `parentbased_always_off`, `traceidratio`, `always_on` or `always_off`",
+        default: Default::Fixed("parentbased_always_on"),
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "OTEL_TRACES_SAMPLER_ARG",
+        help: "traces: the ratio of new traces sampled, 0 to 1, for the `…traceidratio` samplers",
+        default: Default::Fixed("1.0"),
+        scope: Scope::Logging,
+    },
+    Variable {
+        name: "OTEL_RESOURCE_ATTRIBUTES",
+        help: "traces: resource attributes, `key=value,…` (percent-encoded values), e.g. `deployment.environment=prod`",
+        default: Default::Absent("none"),
         scope: Scope::Logging,
     },
 ];
