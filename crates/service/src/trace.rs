@@ -195,26 +195,24 @@ fn percent_decode(text: &str) -> Result<String, String> {
 }
 
 fn sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, String> {
-    let ratio = || -> Result<f64, String> {
-        match &arg {
-            None => Ok(1.0),
-            Some(a) => a
-                .parse::<f64>()
-                .ok()
-                .filter(|r| (0.0..=1.0).contains(r))
-                .ok_or_else(|| {
-                    format!("OTEL_TRACES_SAMPLER_ARG: {a:?} is not a ratio from 0 to 1")
-                }),
-        }
+    // Checked whenever set, even for a sampler that does not read it: a typo there is still
+    // a mistake to report.
+    let ratio = match &arg {
+        None => 1.0,
+        Some(a) => a
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| format!("OTEL_TRACES_SAMPLER_ARG: {a:?} is not a ratio from 0 to 1"))?,
     };
     Ok(match name.as_deref().unwrap_or("parentbased_always_on") {
         "always_on" => Sampler::AlwaysOn,
         "always_off" => Sampler::AlwaysOff,
-        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
         "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
         "parentbased_traceidratio" => {
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?)))
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
         }
         other => {
             return Err(format!(
