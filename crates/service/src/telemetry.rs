@@ -37,8 +37,13 @@ impl Drop for Telemetry {
     }
 }
 
-/// The subscriber: the log layer filtered by `RUST_LOG`, and the export layer, which takes only
-/// this crate's trace spans (target [`crate::trace::TARGET`]), whatever the log level.
+/// The subscriber: `RUST_LOG`'s filter for everything, with this crate's trace spans (target
+/// [`crate::trace::TARGET`]) always let through; the log layer; and the export layer.
+///
+/// The filter is global, not per layer: a per-layer filter keeps each decision in a
+/// thread-local until the next span or event uses it, so an `enabled` check that is not
+/// followed by one (sqlx asks before each PostgreSQL query on the runtime's threads) left a
+/// stale "disabled" that swallowed the next span on that thread.
 fn install(
     default_level: &str,
     provider: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
@@ -48,8 +53,8 @@ fn install(
     use tracing_subscriber::Layer;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    // The trace spans (a request, a delivery) are always open to the log layer, whatever the
-    // level, so every line written inside one carries its `trace_id` and `span_id`.
+    // The trace spans (a request, a delivery) are always open, whatever the level, so every
+    // line written inside one carries its `trace_id` and `span_id`.
     let filter = match format!("{}=trace", crate::trace::TARGET).parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
@@ -60,10 +65,9 @@ fn install(
         logs.json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_filter(filter)
             .boxed()
     } else {
-        logs.with_filter(filter).boxed()
+        logs.boxed()
     };
     let export = provider.map(|p| {
         tracing_opentelemetry::layer()
@@ -72,11 +76,9 @@ fn install(
             .with_target(false)
             .with_location(false)
             .with_threads(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                meta.is_span() && meta.target() == crate::trace::TARGET
-            }))
     });
     tracing_subscriber::registry()
+        .with(filter)
         .with(logs)
         .with(export)
         .try_init()
