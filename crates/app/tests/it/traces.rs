@@ -297,7 +297,11 @@ async fn a_retried_message_keeps_its_trace_a_parked_one_fails_it_and_a_replay_st
     let collector = Collector::start().await;
     let mut ctx = Ctx::new();
     ctx.extra.extend(collector.env());
-    let (procs, _) = start(&ctx, &[&ELECTION]).await;
+    // The role logs JSON to a file: its lines inside the delivery's span carry the trace.
+    let log = ctx.dir.path().join("election.log");
+    let port = free_port();
+    let procs = Procs(vec![spawn_process_logging_to(&ctx, &ELECTION, port, &log)]);
+    assert!(wait_ready_at(&format!("http://127.0.0.1:{port}"), WAIT).await);
     let queue = ctx.queue(&ELECTION);
 
     // A start for an election nobody created: retried twice (200 ms, 400 ms), then parked.
@@ -345,6 +349,25 @@ async fn a_retried_message_keeps_its_trace_a_parked_one_fails_it_and_a_replay_st
             assert!(s.status_message.contains("parked"), "{}", s.status_message);
             assert_eq!(s.attr("error.type"), "retries_exhausted");
         }
+    }
+
+    // Every line the role wrote about the failing attempts names the trace and the attempt's
+    // span (`LOG_FORMAT=json`: in `span`, the innermost span's fields).
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| {
+            l["message"] == "handler failed; retrying later"
+                || l["message"] == "message parked in the dead-letter queue"
+        })
+        .collect();
+    assert_eq!(lines.len(), 3, "two retries and the park");
+    let span_ids: BTreeSet<String> = attempts.iter().map(|s| s.span_id.clone()).collect();
+    for line in &lines {
+        assert_eq!(line["span"]["trace_id"], trace_id.as_str(), "{line}");
+        let span_id = line["span"]["span_id"].as_str().unwrap_or_default();
+        assert!(span_ids.contains(span_id), "{line}");
     }
 
     // The replay: a new trace, linked to the parked message's context.

@@ -131,9 +131,27 @@ pub fn app_bin() -> PathBuf {
 
 /// `app <role>` as a child process with this test's environment and the given port.
 pub fn spawn_process(ctx: &Ctx, role: Role, port: u16) -> Child {
+    process_command(ctx, role, port)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn app")
+}
+
+/// A role as a child process whose log (JSON lines) goes to `log`.
+pub fn spawn_process_logging_to(ctx: &Ctx, role: Role, port: u16, log: &std::path::Path) -> Child {
+    let file = std::fs::File::create(log).expect("log file");
+    process_command(ctx, role, port)
+        .env("LOG_FORMAT", "json")
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("spawn app")
+}
+
+fn process_command(ctx: &Ctx, role: Role, port: u16) -> Command {
     let mut env = ctx.env(role);
     env.insert("HTTP_PORT".into(), port.to_string());
-    Command::new(app_bin())
+    let mut command = Command::new(app_bin());
+    command
         .arg(role.name)
         .env_clear()
         .envs(env)
@@ -142,10 +160,8 @@ pub fn spawn_process(ctx: &Ctx, role: Role, port: u16) -> Child {
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .env("CONFIG_DIR", "/nonexistent")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn app")
+        .stdout(Stdio::null());
+    command
 }
 
 pub fn free_port() -> u16 {
