@@ -156,6 +156,10 @@ fn describe() {
         "1 while the service holds a live broker connection, else 0."
     );
     describe_gauge!(
+        "broker_blocked",
+        "1 while the broker blocks this service's publishes (connection.blocked: a memory or disk alarm), else 0."
+    );
+    describe_gauge!(
         "consumer_attached",
         "1 while the service's consumer is attached to its queue, else 0."
     );

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use meeting_events::envelope::Envelope;
 use meeting_events::events::{Event, MeetingCreated};
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::AnyPool;
 
 use crate::helpers::*;
@@ -71,14 +71,21 @@ fn load(
         .collect()
 }
 
-/// Kill the broker with SIGKILL while the meeting API takes requests, restart it from its
-/// data directory, and check: every 2xx's event reached the permission service exactly once.
-async fn broker_crash(kill_after: Duration, outage: Duration, concurrency: usize) {
+/// A private broker, a context on it, a bus and a durable spy queue bound to `binding`,
+/// declared before anything is published.
+async fn private_broker_with_spy(binding: &str) -> (PrivateBroker, Ctx, Bus, String) {
     let broker = PrivateBroker::start();
     let ctx = Ctx::on(broker.url.clone());
     let bus = Bus::connect(&ctx).await;
     let spy = format!("{}-spy", ctx.prefix);
-    bus.durable_queue(&spy, "meeting.created").await;
+    bus.durable_queue(&spy, binding).await;
+    (broker, ctx, bus, spy)
+}
+
+/// Kill the broker with SIGKILL while the meeting API takes requests, restart it from its
+/// data directory, and check: every 2xx's event reached the permission service exactly once.
+async fn broker_crash(kill_after: Duration, outage: Duration, concurrency: usize) {
+    let (broker, ctx, _bus, spy) = private_broker_with_spy("meeting.created").await;
     let (meeting, permission) = tokio::join!(
         Running::spawn(&ctx, &MEETING),
         Running::spawn(&ctx, &PERMISSION)
@@ -200,11 +207,7 @@ async fn broker_killed_in_the_middle_of_a_request_stream_loses_and_doubles_nothi
 
 #[tokio::test]
 async fn a_consumer_killed_mid_batch_applies_each_event_once_after_restart() {
-    let broker = PrivateBroker::start();
-    let ctx = Ctx::on(broker.url.clone());
-    let bus = Bus::connect(&ctx).await;
-    let spy = format!("{}-spy", ctx.prefix);
-    bus.durable_queue(&spy, "permission.granted").await;
+    let (_broker, ctx, bus, spy) = private_broker_with_spy("permission.granted").await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     // A first run declares the queue; the batch then waits in it while the service is down.
@@ -675,4 +678,115 @@ async fn a_dead_database_answers_503_quickly_and_the_role_recovers() {
     assert!(meeting.wait_ready_within(Duration::from_secs(30)).await);
     meeting.stop().await.unwrap();
     postgres_script(&["stop", &dir]).await;
+}
+
+/// A role's `/ready` body.
+async fn ready_json(base: &str) -> Option<Value> {
+    reqwest::get(format!("{base}/ready"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// A broker resource alarm (here a memory alarm set by hand) blocks every publishing
+/// connection: the role stays ready and keeps accepting requests into its outbox, and says
+/// so — a warning on `/ready`, `broker_blocked` 1, the backlog growing — and everything flows
+/// once the alarm clears.
+#[tokio::test]
+async fn a_broker_alarm_is_shown_while_requests_wait_in_the_outbox_and_then_flow() {
+    let (broker, ctx, bus, spy) = private_broker_with_spy("meeting.created").await;
+    let meeting = Running::spawn(&ctx, &MEETING).await;
+    let alice = Client::as_user("alice");
+    let post = |n: usize| {
+        let url = format!("{}/meetings", meeting.base);
+        let alice = &alice;
+        async move {
+            let (s, body) = alice
+                .post(&url, json!({"title": format!("alarm {n}")}))
+                .await;
+            assert_eq!(s, 201, "{body}");
+        }
+    };
+    post(0).await;
+    let flowed = eventually(Duration::from_secs(10), || async {
+        (bus.queue_len(&spy).await == 1).then_some(())
+    })
+    .await;
+    assert!(flowed.is_some(), "the first event flows before the alarm");
+
+    broker.ctl(&[
+        "eval",
+        "rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []}).",
+    ]);
+    let raised = Instant::now();
+    for n in 1..=5 {
+        post(n).await;
+    }
+    let service = ctx.queue(&MEETING);
+    let shown = eventually(Duration::from_secs(15), || async {
+        let ready = ready_json(&meeting.base).await?;
+        let metrics = metrics_text(&meeting.base).await;
+        let blocked = metrics.contains(&format!("broker_blocked{{service=\"{service}\"}} 1"));
+        let warned = ready["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("blocked"));
+        (ready["status"] == "ready" && warned && blocked).then_some(ready)
+    })
+    .await;
+    assert!(
+        shown.is_some(),
+        "/ready: {}",
+        reqwest::get(format!("{}/ready", meeting.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    );
+    let backlog = eventually(Duration::from_secs(15), || async {
+        let metrics = metrics_text(&meeting.base).await;
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("outbox_backlog{{service=\"{service}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter(|n| *n >= 5.0)
+    })
+    .await;
+    assert!(
+        backlog.is_some(),
+        "the backlog gauge shows the 5 waiting events"
+    );
+    assert_eq!(bus.queue_len(&spy).await, 1, "nothing passes while blocked");
+    let shown_after = raised.elapsed();
+
+    broker.ctl(&[
+        "eval",
+        "rabbit_alarm:clear_alarm({resource_limit, memory, node()}).",
+    ]);
+    let cleared = Instant::now();
+    let drained = eventually(Duration::from_secs(30), || async {
+        (bus.queue_len(&spy).await == 6).then_some(())
+    })
+    .await;
+    assert!(
+        drained.is_some(),
+        "all six events on the bus once the alarm clears"
+    );
+    let drained_after = cleared.elapsed();
+    let unblocked = eventually(Duration::from_secs(10), || async {
+        let ready = ready_json(&meeting.base).await?;
+        ready.get("warnings").is_none().then_some(())
+    })
+    .await;
+    assert!(unblocked.is_some(), "the warning goes with the alarm");
+    let metrics = metrics_text(&meeting.base).await;
+    assert!(metrics.contains(&format!("broker_blocked{{service=\"{service}\"}} 0")));
+    println!(
+        "alarm: shown {:.1} s after it was raised; 5 events drained {:.1} s after it cleared",
+        shown_after.as_secs_f64(),
+        drained_after.as_secs_f64()
+    );
+    meeting.stop().await.unwrap();
 }

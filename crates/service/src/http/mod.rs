@@ -130,6 +130,10 @@ struct Readiness {
     status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     reasons: Vec<String>,
+    /// What an operator should know that does not stop the role taking work: the broker
+    /// blocking its publishes during a resource alarm (events wait in the outbox).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
     /// Whom the consumer believes (`MQ_TRUST`).
     #[schema(value_type = String, example = "strict")]
     trust: &'static str,
@@ -184,10 +188,12 @@ async fn ready(State(state): State<AppState>) -> Response {
         Err(_) => reasons.push("store: no answer within 2s".to_string()),
     }
     let trust = state.broker.settings().trust.as_str();
+    let warnings: Vec<String> = state.broker.blocked().into_iter().collect();
     if reasons.is_empty() {
         Json(Readiness {
             status: "ready",
             reasons,
+            warnings,
             trust,
         })
         .into_response()
@@ -197,6 +203,7 @@ async fn ready(State(state): State<AppState>) -> Response {
             Json(Readiness {
                 status: "not_ready",
                 reasons,
+                warnings,
                 trust,
             }),
         )

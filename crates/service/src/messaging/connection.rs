@@ -46,6 +46,9 @@ struct Inner {
     next_id: AtomicU64,
     /// Which of the broker's nodes to connect to next (`AMQP_URL` lists them).
     node: AtomicUsize,
+    /// Set while the broker blocks this connection's publishes (a memory or disk alarm):
+    /// its reason and since when.
+    blocked: Mutex<Option<(String, std::time::SystemTime)>>,
 }
 
 /// Where the consumer stands, for `/ready`.
@@ -75,10 +78,42 @@ impl Broker {
                 consumer: Mutex::new(Attachment::Detached("not attached yet".into())),
                 next_id: AtomicU64::new(1),
                 node: AtomicUsize::new(0),
+                blocked: Mutex::new(None),
             }),
         };
         tokio::spawn(broker.clone().supervise(shutdown));
         broker
+    }
+
+    /// Why and since when the broker blocks this role's publishes, if it does: the role
+    /// stays ready (requests still commit to the outbox) and `/ready` says so.
+    pub(crate) fn blocked(&self) -> Option<String> {
+        let blocked = self.inner.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        blocked.as_ref().map(|(reason, since)| {
+            format!(
+                "broker: publishing blocked by the broker ({reason}) for {}s; events wait in the outbox",
+                since.elapsed().unwrap_or_default().as_secs()
+            )
+        })
+    }
+
+    /// Record the broker's `connection.blocked` (with its reason) or `connection.unblocked`.
+    fn set_blocked(&self, reason: Option<String>) {
+        let mq = &self.inner.mq;
+        let mut blocked = self.inner.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        match (&*blocked, reason) {
+            (None, Some(reason)) => {
+                tracing::warn!(service = %mq.service_name, reason = %reason, "the broker blocks this connection's publishes (a resource alarm: memory or disk); requests still commit, and their events wait in the outbox until it clears");
+                *blocked = Some((reason, std::time::SystemTime::now()));
+            }
+            (Some((_, since)), None) => {
+                tracing::info!(service = %mq.service_name, blocked_for = ?since.elapsed().unwrap_or_default(), "the broker unblocked this connection; the outbox drains");
+                *blocked = None;
+            }
+            _ => return,
+        }
+        metrics::gauge!("broker_blocked", "service" => mq.service_name.clone())
+            .set(if blocked.is_some() { 1.0 } else { 0.0 });
     }
 
     pub(crate) fn settings(&self) -> &MqSettings {
@@ -191,6 +226,9 @@ impl Broker {
                     }
                     self.inner.session.send_replace(None);
                     connected_gauge.set(0.0);
+                    // A new connection starts unblocked; the broker blocks it again if its
+                    // alarm still holds.
+                    self.set_blocked(None);
                     // The node may be the one that went away: start with the next.
                     self.inner.node.fetch_add(1, Ordering::Relaxed);
                     close_quietly(&session.connection, 320, "reconnecting").await;
@@ -247,6 +285,8 @@ impl Broker {
             tokio::select! {
                 event = events.next() => match event {
                     Some(lapin::Event::Error(e)) => return e.to_string(),
+                    Some(lapin::Event::ConnectionBlocked(reason)) => self.set_blocked(Some(reason)),
+                    Some(lapin::Event::ConnectionUnblocked) => self.set_blocked(None),
                     Some(_) => {}
                     None => return "event stream ended".into(),
                 },
@@ -270,6 +310,10 @@ impl Broker {
                     }
                     if !session.connection.status().connected() {
                         return "connection is no longer connected".into();
+                    }
+                    // A block that came before the listener did is still in the status.
+                    if session.connection.status().blocked() && self.blocked().is_none() {
+                        self.set_blocked(Some("reason not received".into()));
                     }
                     if !session.publisher.status().connected() {
                         return "publishing channel closed".into();

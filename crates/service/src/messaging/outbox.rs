@@ -7,7 +7,7 @@
 //! tried again after [`UNROUTABLE_RETRY`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use sqlx::pool::PoolConnection;
@@ -384,7 +384,20 @@ pub(crate) async fn run_relay(
     // Rows still to publish one by one to find one the broker refuses for good.
     let mut probing: i64 = 0;
     let mut listener = listen(store).await;
-    let mut gauges_at: Option<Instant> = None;
+    // The backlog gauges on their own timer: a relay waiting for confirms (a broker that
+    // blocks publishes during a resource alarm) must not freeze them.
+    let gauges = {
+        let (pool, service, stop) = (pool.clone(), service.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                record_backlog(&pool, &service).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(GAUGE_EVERY) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -393,7 +406,10 @@ pub(crate) async fn run_relay(
             break;
         };
         let mut full = false;
-        if lead.hold(store, &service).await {
+        // While the broker blocks the connection (a resource alarm), a publish would only wait:
+        // the rows stay in the outbox until it is unblocked.
+        let blocked = session.connection.status().blocked();
+        if !blocked && lead.hold(store, &service).await {
             // After a refusal, rows go one at a time until the refused one is found.
             let limit = if probing > 0 { 1 } else { BATCH };
             full = match relay_batch(&broker, store, &session, limit).await {
@@ -412,10 +428,6 @@ pub(crate) async fn run_relay(
                     false
                 }
             };
-        }
-        if gauges_at.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
-            record_backlog(pool, &service).await;
-            gauges_at = Some(Instant::now());
         }
         if full {
             continue; // more rows are waiting
@@ -444,6 +456,7 @@ pub(crate) async fn run_relay(
         tracing::warn!(service, "outbox flush did not finish within the shutdown grace period; the rest is sent on next start");
     }
     lead.release().await;
+    let _ = gauges.await;
     record_backlog(pool, &service).await;
 }
 
@@ -602,6 +615,11 @@ async fn relay_batch(
                 if single {
                     aside = refusal(&e).map(|why| (row, why));
                 }
+            }
+            Ok(Published::TimedOut) if session.connection.status().blocked() => {
+                // Blocked by a resource alarm, not dead: the row stays and goes again once
+                // the broker unblocks the connection.
+                tracing::debug!(event_id = %row.event_id, "no confirm while the broker blocks the connection; the event stays in the outbox");
             }
             Ok(other @ (Published::Nacked | Published::TimedOut)) => {
                 tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, outcome = ?other, "the broker did not confirm this event; it stays in the outbox");
