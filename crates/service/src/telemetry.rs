@@ -160,6 +160,10 @@ fn describe() {
         "1 while the broker blocks this service's publishes (connection.blocked: a memory or disk alarm), else 0."
     );
     describe_gauge!(
+        "consumer_paused",
+        "1 while the consumer holds its deliveries because the store cannot be reached, else 0."
+    );
+    describe_gauge!(
         "consumer_attached",
         "1 while the service's consumer is attached to its queue, else 0."
     );

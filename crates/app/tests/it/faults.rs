@@ -605,11 +605,9 @@ async fn postgres_script(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// PostgreSQL killed under a running meeting role: a request gets 503 `store_unavailable`
-/// with `Retry-After` within `DATABASE_ACQUIRE_TIMEOUT` (not a 500, not the pool's old 10 s
-/// wait), `/ready` names the store, and once PostgreSQL is back requests succeed again.
-#[tokio::test]
-async fn a_dead_database_answers_503_quickly_and_the_role_recovers() {
+/// A PostgreSQL instance of the test's own (it is killed and restarted), and a context whose
+/// roles keep their stores on it with a pool of two and this acquire timeout.
+async fn own_postgres(acquire_timeout: &str) -> (tempfile::TempDir, Ctx) {
     let pg_dir = tempfile::Builder::new()
         .prefix("pg")
         .tempdir_in("/tmp")
@@ -618,9 +616,21 @@ async fn a_dead_database_answers_503_quickly_and_the_role_recovers() {
     let url = postgres_script(&["start", &dir]).await;
     let base = url[..url.rfind('/').expect("a database")].to_string();
     let mut ctx = Ctx::with_stores(amqp_url(), Some(base));
-    ctx.extra
-        .insert("DATABASE_ACQUIRE_TIMEOUT".into(), "2s".into());
+    ctx.extra.insert(
+        "DATABASE_ACQUIRE_TIMEOUT".into(),
+        acquire_timeout.to_string(),
+    );
     ctx.extra.insert("DATABASE_POOL_SIZE".into(), "2".into());
+    (pg_dir, ctx)
+}
+
+/// PostgreSQL killed under a running meeting role: a request gets 503 `store_unavailable`
+/// with `Retry-After` within `DATABASE_ACQUIRE_TIMEOUT` (not a 500, not the pool's old 10 s
+/// wait), `/ready` names the store, and once PostgreSQL is back requests succeed again.
+#[tokio::test]
+async fn a_dead_database_answers_503_quickly_and_the_role_recovers() {
+    let (pg_dir, ctx) = own_postgres("2s").await;
+    let dir = pg_dir.path().display().to_string();
     let meeting = Running::spawn(&ctx, &MEETING).await;
     let alice = Client::as_user("alice");
     let meetings = format!("{}/meetings", meeting.base);
@@ -789,4 +799,86 @@ async fn a_broker_alarm_is_shown_while_requests_wait_in_the_outbox_and_then_flow
         drained_after.as_secs_f64()
     );
     meeting.stop().await.unwrap();
+}
+
+/// PostgreSQL killed under a permission role while events arrive: the consumer holds its
+/// deliveries while the store cannot be reached — no retry spent, nothing parked, though the
+/// outage outlasts every retry delay — and applies each event once when it is back.
+#[tokio::test]
+async fn a_dead_database_pauses_the_consumer_without_spending_retries_or_parking() {
+    let (pg_dir, ctx) = own_postgres("1s").await;
+    let dir = pg_dir.path().display().to_string();
+    let permission = Running::spawn(&ctx, &PERMISSION).await;
+    let bus = Bus::connect(&ctx).await;
+    let service = ctx.queue(&PERMISSION);
+    let dlq = meeting_events::messaging::topology::dead_letter_queue(&service);
+    let meetings = |pool: AnyPool| async move {
+        eventually(Duration::from_secs(1), || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM meetings")
+                .fetch_one(&pool)
+                .await
+                .ok()
+        })
+        .await
+    };
+    bus.publish(&meeting_created("before")).await;
+    let store = ctx.store(&PERMISSION).await;
+    let first = eventually(WAIT, || async {
+        (meetings(store.clone()).await == Some(1)).then_some(())
+    })
+    .await;
+    assert!(first.is_some(), "applied before the outage");
+
+    postgres_script(&["kill", &dir]).await;
+    const N: usize = 10;
+    for i in 0..N {
+        bus.publish(&meeting_created(&format!("during-{i}"))).await;
+    }
+    // The retry delays are 200 ms and 400 ms: without the pause every event would be parked
+    // well within this outage.
+    let metrics_url = format!("{}/metrics", permission.base);
+    let paused = eventually(Duration::from_secs(10), || async {
+        let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+        text.contains(&format!("consumer_paused{{service=\"{service}\"}} 1"))
+            .then_some(())
+    })
+    .await;
+    assert!(paused.is_some(), "the consumer says it is paused");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        bus.queue_len(&dlq).await,
+        0,
+        "nothing parked during the outage"
+    );
+
+    let restarted = Instant::now();
+    postgres_script(&["start", &dir]).await;
+    let store = ctx.store(&PERMISSION).await;
+    let all = eventually(Duration::from_secs(30), || async {
+        (meetings(store.clone()).await == Some(N as i64 + 1)).then_some(())
+    })
+    .await;
+    assert!(all.is_some(), "every event applied once the store is back");
+    let caught_up = restarted.elapsed();
+    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+        .fetch_one(&store)
+        .await
+        .unwrap();
+    assert_eq!(inbox, N as i64 + 1, "each applied once");
+    assert_eq!(bus.queue_len(&dlq).await, 0, "nothing parked");
+    let text = metrics_text(&permission.base).await;
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("events_retried_total") && l.contains(&service)),
+        "no retry was spent: {text}"
+    );
+    assert!(text.contains(&format!("consumer_paused{{service=\"{service}\"}} 0")));
+    assert!(permission.wait_ready_within(Duration::from_secs(30)).await);
+    eprintln!(
+        "dead database under the consumer: {N} events held, all applied {:.1}s after PostgreSQL restarted, 0 retried, 0 parked",
+        caught_up.as_secs_f64()
+    );
+    permission.stop().await.unwrap();
+    postgres_script(&["stop", &dir]).await;
 }

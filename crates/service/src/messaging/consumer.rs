@@ -311,7 +311,7 @@ impl Consumer {
                     .await;
             };
             tokio::select! {
-                r = self.process_batch(session, batch) => {
+                r = self.process_batch(session, progress, batch) => {
                     tracing::debug!(session = session.id, ok = r.is_ok(), "consumer: batch settled");
                     r?;
                     progress.touch();
@@ -327,9 +327,16 @@ impl Consumer {
     }
 
     /// Handle one delivery to the end: acked after commit, or retried, or parked.
-    async fn process(&self, session: &Session, delivery: Delivery) -> lapin::Result<()> {
+    async fn process(
+        &self,
+        session: &Session,
+        progress: &Progress,
+        delivery: Delivery,
+    ) -> lapin::Result<()> {
         let span = self.process_span(&delivery);
-        self.process_in(session, delivery).instrument(span).await
+        self.process_in(session, progress, delivery)
+            .instrument(span)
+            .await
     }
 
     /// The CONSUMER `process` span of a delivery: parented to the context the message carries
@@ -382,7 +389,12 @@ impl Consumer {
         span
     }
 
-    async fn process_in(&self, session: &Session, delivery: Delivery) -> lapin::Result<()> {
+    async fn process_in(
+        &self,
+        session: &Session,
+        progress: &Progress,
+        delivery: Delivery,
+    ) -> lapin::Result<()> {
         let (envelope, event) =
             match decode(&delivery.data, self.broker.settings().max_message_bytes) {
                 Ok(decoded) => decoded,
@@ -408,7 +420,7 @@ impl Consumer {
         {
             let service = &self.broker.settings().service_name;
             let started = Instant::now();
-            let outcome = self.apply(&envelope, event).await;
+            let outcome = self.apply(&envelope, event, progress).await;
             metrics::histogram!("event_handler_duration_seconds", "service" => service.clone(), "event_type" => label)
                 .record(started.elapsed().as_secs_f64());
             let (handled, detail) = match outcome {
@@ -493,10 +505,11 @@ impl Consumer {
     async fn process_batch(
         &self,
         session: &Session,
+        progress: &Progress,
         mut batch: Vec<Delivery>,
     ) -> lapin::Result<()> {
         if batch.len() == 1 {
-            return self.process(session, batch.remove(0)).await;
+            return self.process(session, progress, batch.remove(0)).await;
         }
         let mut ready = Vec::with_capacity(batch.len());
         let max = self.broker.settings().max_message_bytes;
@@ -512,7 +525,7 @@ impl Consumer {
                 }
                 // Can never succeed, or not from this sender: parked, with its reason, by
                 // the one-at-a-time path.
-                _ => self.process(session, delivery).await?,
+                _ => self.process(session, progress, delivery).await?,
             }
         }
         let started = Instant::now();
@@ -520,7 +533,7 @@ impl Consumer {
             .iter()
             .map(|(_, env, event, span)| (env, event.clone(), span.clone()))
             .collect();
-        match self.apply_all(items).await {
+        match self.apply_all(items, progress).await {
             Ok(outcomes) => {
                 let service = &self.broker.settings().service_name;
                 let each = started.elapsed().as_secs_f64() / ready.len().max(1) as f64;
@@ -538,7 +551,7 @@ impl Consumer {
             }
             Err(_) => {
                 for (delivery, _, _, _) in ready {
-                    self.process(session, delivery).await?;
+                    self.process(session, progress, delivery).await?;
                 }
                 Ok(())
             }
@@ -559,23 +572,34 @@ impl Consumer {
         metrics::counter!("events_consumed_total", "service" => self.broker.settings().service_name.clone(), "event_type" => label, "outcome" => outcome).increment(1);
     }
 
-    async fn apply(&self, envelope: &Envelope, event: Event) -> Result<Applied, HandleError> {
+    async fn apply(
+        &self,
+        envelope: &Envelope,
+        event: Event,
+        progress: &Progress,
+    ) -> Result<Applied, HandleError> {
         let mut outcomes = self
-            .apply_all(vec![(envelope, event, tracing::Span::current())])
+            .apply_all(vec![(envelope, event, tracing::Span::current())], progress)
             .await?;
         Ok(outcomes.pop().unwrap_or(Applied::Duplicate))
     }
 
     /// Apply events in order in one unit of work, each recorded in the inbox with its
     /// effect. An event already in the inbox (redelivered, or twice in this batch) changes
-    /// nothing.
+    /// nothing. While the store cannot be reached the deliveries stay in hand and the unit
+    /// runs again once it answers: nothing is wrong with the events, so no retry is spent
+    /// and nothing is parked for it.
     async fn apply_all(
         &self,
         items: Vec<(&Envelope, Event, tracing::Span)>,
+        progress: &Progress,
     ) -> Result<Vec<Applied>, HandleError> {
         let mut attempt = 0;
         loop {
             match self.apply_once(&items).await {
+                Err(HandleError::Store(e)) if crate::store::is_unavailable(&e) => {
+                    self.wait_for_store(&e, progress).await;
+                }
                 // Lost a race with another replica (serialization failure, deadlock): run
                 // the whole unit again here; the broker's retry queue is for failures that
                 // need time, not for this.
@@ -587,6 +611,33 @@ impl Consumer {
                 other => return other,
             }
         }
+    }
+
+    /// Hold the consumer until the store answers a `SELECT 1` again, polling with backoff; the
+    /// watchdog is kept from taking the pause for a stall.
+    async fn wait_for_store(&self, error: &sqlx::Error, progress: &Progress) {
+        let service = &self.broker.settings().service_name;
+        tracing::warn!(service = %service, error = %Chain(error), "the store cannot be reached; the consumer holds its deliveries until it answers (no retry is spent)");
+        let paused = metrics::gauge!("consumer_paused", "service" => service.clone());
+        paused.set(1.0);
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(200);
+        loop {
+            progress.touch();
+            tokio::time::sleep(wait).await;
+            progress.touch();
+            let probe = tokio::time::timeout(
+                Duration::from_secs(5),
+                sqlx::query("SELECT 1").execute(self.outbox.store().pool()),
+            )
+            .await;
+            if matches!(probe, Ok(Ok(_))) {
+                break;
+            }
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+        paused.set(0.0);
+        tracing::info!(service = %service, paused_for = ?started.elapsed(), "the store answers again; the consumer resumes");
     }
 
     /// Each item is applied inside its own `process` span, so what its handler emits

@@ -64,6 +64,11 @@ impl Outbox {
         })
     }
 
+    /// The role's store.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     fn wake(&self) {
         self.wake.notify_one();
     }
