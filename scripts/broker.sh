@@ -3,6 +3,8 @@
 #
 #   scripts/broker.sh install          install the package when missing (needs root)
 #   scripts/broker.sh start DIR [PORT] start a node whose state lives in DIR; prints its AMQP URL
+#                                      (with BROKER_PROMETHEUS_PORT set, rabbitmq_prometheus
+#                                      serves the node's metrics on that port)
 #   scripts/broker.sh stop DIR         stop that node (its data stays in DIR)
 #   scripts/broker.sh kill DIR         SIGKILL the node's VM, as a crash would
 #   scripts/broker.sh close-connections DIR   have the node close every client connection
@@ -59,6 +61,11 @@ ENV
     mkdir -p "$dir/mnesia" "$dir/log"
     printf 'listeners.tcp.default = %s\ndisk_free_limit.absolute = 50MB\nlog.console = false\n' "$port" >"$dir/rabbitmq.conf"
     echo '[].' >"$dir/enabled_plugins"
+    if [ -n "${BROKER_PROMETHEUS_PORT:-}" ]; then
+      # The broker's own metrics (rabbitmq_prometheus) on this port, for a live Prometheus.
+      printf 'prometheus.tcp.port = %s\nprometheus.tcp.ip = 127.0.0.1\n' "$BROKER_PROMETHEUS_PORT" >>"$dir/rabbitmq.conf"
+      echo '[rabbitmq_prometheus].' >"$dir/enabled_plugins"
+    fi
   fi
   node_env "$dir"
   if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then

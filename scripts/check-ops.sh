@@ -4,15 +4,18 @@
 #   rules, their unit tests, and /metrics scraped from live services), @asyncapi/parser
 #   (asyncapi.yaml), openapi-spec-validator (openapi.json), openapi-typescript + tsc (the
 #   TypeScript client compiled against types generated from openapi.json) and schemathesis
-#   (every role's API fuzzed against its own document). Installs the tools when missing
-#   (pip, apt as root, npm).
+#   (every role's API fuzzed against its own document), and a live Prometheus scraping the
+#   running roles and the broker (targets up, the dashboard's queries, an alert firing).
+#   Installs the tools when missing (pip, apt as root, npm).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 tools=$(mktemp -d /tmp/meeting-events-ops.XXXXXX)
 broker_dir=""
 app_pid=""
+prom_pid=""
 cleanup() {
+  [ -n "$prom_pid" ] && kill "$prom_pid" 2>/dev/null || true
   [ -n "$app_pid" ] && kill -TERM "$app_pid" 2>/dev/null && wait "$app_pid" 2>/dev/null || true
   [ -n "$broker_dir" ] && scripts/broker.sh stop "$broker_dir" && rm -rf "$broker_dir"
   rm -rf "$tools"
@@ -71,16 +74,40 @@ echo "clients/typescript compiles against $(grep -c '^    "/' "$client/src/api.d
 
 step "promtool check metrics on a live scrape"
 cargo build --quiet --bin app
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+broker_metrics=""
 if [ -z "${AMQP_URL:-}" ]; then
   # Its own folder: the node runs as the rabbitmq user, who cannot enter $tools (mode 700).
   broker_dir=$(mktemp -d /tmp/meeting-events-ops-broker.XXXXXX)
-  AMQP_URL=$(scripts/broker.sh start "$broker_dir")
+  broker_metrics=$(free_port)
+  AMQP_URL=$(BROKER_PROMETHEUS_PORT=$broker_metrics scripts/broker.sh start "$broker_dir")
 fi
 export AMQP_URL
 mkdir -p "$tools/run"
 (cd "$tools/run" && CONFIG_DIR="$repo/config" MQ_EXCHANGE=ops-check exec "$repo/target/debug/app" all --dev >"$tools/app.log" 2>&1) &
 app_pid=$!
+
+# A real Prometheus scrapes the five roles and the broker's own endpoint, every 5 s, with the
+# alert rules loaded, from before the walk until the end of the fuzzing below.
+prom_port=$(free_port)
+{
+  printf 'global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n'
+  printf 'rule_files:\n  - %s\n' "$repo/monitoring/alerts.yml"
+  printf 'scrape_configs:\n  - job_name: meeting-events\n    static_configs:\n      - targets: ['
+  printf "'127.0.0.1:%s', " 8081 8082 8083 8084
+  printf "'127.0.0.1:8085']\n"
+  if [ -n "$broker_metrics" ]; then
+    printf "  - job_name: rabbitmq\n    static_configs:\n      - targets: ['127.0.0.1:%s']\n" "$broker_metrics"
+  fi
+} >"$tools/prometheus.yml"
+promtool check config "$tools/prometheus.yml" >/dev/null
+prometheus --config.file="$tools/prometheus.yml" --storage.tsdb.path="$tools/prometheus-data" \
+  --web.listen-address="127.0.0.1:$prom_port" >"$tools/prometheus.log" 2>&1 &
+prom_pid=$!
+prom="http://127.0.0.1:$prom_port"
+for _ in $(seq 1 30); do curl -fsS "$prom/-/ready" >/dev/null 2>&1 && break; sleep 1; done
 MQ_EXCHANGE=ops-check target/debug/app walk --dev >/dev/null
+walked=$(date +%s)
 for port in 8081 8082 8083 8084 8085; do
   curl -fsS "http://127.0.0.1:$port/metrics" >"$tools/metrics-$port.txt"
   promtool check metrics <"$tools/metrics-$port.txt"
@@ -108,4 +135,15 @@ for port in 8081 8082 8083 8084 8085; do
   status=${PIPESTATUS[0]}
   [ "$status" -eq 0 ] || { echo "schemathesis found defects on port $port" >&2; exit 1; }
 done
+step "a live Prometheus: targets, the dashboard's queries, an alert"
+# At least a minute of scrapes since the walk.
+sleep $(( 60 - ($(date +%s) - walked) > 0 ? 60 - ($(date +%s) - walked) : 0 ))
+python3 scripts/check-prometheus.py targets "$prom"
+python3 scripts/check-prometheus.py dashboard "$prom" monitoring/grafana-dashboard.json
+if [ -n "$broker_dir" ]; then
+  # Take the broker away: every role loses its connection, and the rule fires for real.
+  scripts/broker.sh stop "$broker_dir"
+  python3 scripts/check-prometheus.py alert "$prom" MeetingEventsBrokerUnreachable 60
+fi
+kill "$prom_pid" 2>/dev/null || true
 echo "operations checks passed"
