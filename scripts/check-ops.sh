@@ -143,6 +143,9 @@ python3 scripts/check-prometheus.py dashboard "$prom" monitoring/grafana-dashboa
 if [ -n "$broker_dir" ]; then
   # Take the broker away: every role loses its connection, and the rule fires for real.
   scripts/broker.sh stop "$broker_dir"
+  # Stopped and gone: the cleanup has nothing left to stop (stopping a stopped node waits).
+  rm -rf "$broker_dir"
+  broker_dir=""
   python3 scripts/check-prometheus.py alert "$prom" MeetingEventsBrokerUnreachable 60
 fi
 kill "$prom_pid" 2>/dev/null || true

@@ -66,16 +66,26 @@ pub(crate) static COMMON: Migrations = Migrations {
     postgres: sqlx::migrate!("./migrations/common/postgres"),
 };
 
-/// Whether `e` says the store cannot be reached now (no connection came free or could be
-/// opened in time, the connection failed): a request is answered 503 `store_unavailable`.
+/// Whether `e` says the store cannot be reached or written now (no connection came free or
+/// could be opened in time, the connection failed, a SQLite file that cannot be written): a
+/// request is answered 503 `store_unavailable`, and the consumer waits.
 pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         // PostgreSQL: a connection exception (class 08), or the server shutting down or
         // crashing under the connection (57P01–57P03, "terminating connection due to …").
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
-        }),
+        sqlx::Error::Database(db) => {
+            // SQLite: the file cannot be written — read-only (8), an I/O error (10), a full
+            // disk (13), or it cannot be opened (14); extended codes carry these in their low byte.
+            if let Some(lite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                return sqlx::error::DatabaseError::code(lite)
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, 8 | 10 | 13 | 14));
+            }
+            db.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            })
+        }
         _ => false,
     }
 }

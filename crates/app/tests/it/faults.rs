@@ -1001,3 +1001,102 @@ async fn postgres_killed_under_two_replicas_per_role_loses_and_doubles_nothing()
     }
     postgres_script(&["stop", &dir]).await;
 }
+
+/// A SQLite store on a full disk (a 1 MiB tmpfs): requests that would write are answered 503
+/// `store_unavailable` with `Retry-After`, never 500; once there is room again they succeed,
+/// every meeting accepted before is still there, and the file passes SQLite's integrity check.
+#[tokio::test]
+async fn a_full_disk_under_sqlite_answers_503_and_corrupts_nothing() {
+    let mut ctx = Ctx::new();
+    let disk = ctx.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        mounted,
+        "mounting a small tmpfs needs root (the CI runs as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let db = disk.join("meeting.db");
+    ctx.per_role
+        .entry(MEETING.name)
+        .or_default()
+        .insert("DATABASE_URL".into(), format!("sqlite://{}", db.display()));
+    let meeting = Running::spawn(&ctx, &MEETING).await;
+    let alice = Client::as_user("alice");
+    let url = format!("{}/meetings", meeting.base);
+    let title = "x".repeat(200);
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(token("alice"))
+            .json(&json!({ "title": title }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let retry_after = r.headers().contains_key("retry-after");
+        let body: Value = r.json().await.unwrap();
+        if status == 201 {
+            accepted.push(body["id"].as_str().unwrap().to_string());
+            assert!(accepted.len() < 20_000, "the disk never filled");
+            continue;
+        }
+        break (status, retry_after, body);
+    };
+    assert_eq!(refusal.0, 503, "a full disk is 503, not 500: {}", refusal.2);
+    assert_eq!(refusal.2["error"], "store_unavailable", "{}", refusal.2);
+    assert!(refusal.1, "Retry-After is set");
+    eprintln!(
+        "full disk: {} meetings accepted, then 503 {}",
+        accepted.len(),
+        refusal.2["error"]
+    );
+
+    // Room again: the same role takes writes, and nothing accepted is gone.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let back = eventually(Duration::from_secs(15), || async {
+        let (s, _) = alice.post(&url, json!({"title": "after"})).await;
+        (s == 201).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "writes succeed once there is room");
+    for id in accepted.iter().step_by(accepted.len().div_ceil(50).max(1)) {
+        let (s, m) = alice.get(&format!("{url}/{id}")).await;
+        assert_eq!(s, 200, "{id}: {m}");
+    }
+    sqlx::any::install_default_drivers();
+    let store = AnyPool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&store)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    let held = count(&store, "SELECT COUNT(*) FROM meetings").await;
+    assert_eq!(
+        held,
+        accepted.len() as i64 + 1,
+        "every accepted meeting, and the one after"
+    );
+    meeting.stop().await.unwrap();
+}

@@ -199,7 +199,7 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "DATABASE_ACQUIRE_TIMEOUT",
-        help: "how long a request or delivery waits for a store connection before it is answered 503 `store_unavailable` (or retried)",
+        help: "how long a request waits for a store connection before it is answered 503 `store_unavailable` (a delivery is held until the store answers)",
         default: Default::Fixed("3s"),
         scope: Scope::Shared,
     },

@@ -31,6 +31,9 @@ use crate::messaging::{headers, inbox, topology, Broker, Session};
 use crate::store::{is_retryable, race_backoff, RACE_RETRIES};
 use crate::telemetry::{short, Chain};
 
+/// The longest wait between two probes of a store that is out.
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
 /// Why a handler did not apply an event.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HandleError {
@@ -595,10 +598,13 @@ impl Consumer {
         progress: &Progress,
     ) -> Result<Vec<Applied>, HandleError> {
         let mut attempt = 0;
+        // The wait before the next try while the store is out; it grows across tries, since
+        // a store that answers `SELECT 1` may still refuse writes (a full disk).
+        let mut outage: Option<Duration> = None;
         loop {
             match self.apply_once(&items).await {
                 Err(HandleError::Store(e)) if crate::store::is_unavailable(&e) => {
-                    self.wait_for_store(&e, progress).await;
+                    outage = Some(self.wait_for_store(&e, progress, outage).await);
                 }
                 // Lost a race with another replica (serialization failure, deadlock): run
                 // the whole unit again here; the broker's retry queue is for failures that
@@ -613,15 +619,23 @@ impl Consumer {
         }
     }
 
-    /// Hold the consumer until the store answers a `SELECT 1` again, polling with backoff; the
-    /// watchdog is kept from taking the pause for a stall.
-    async fn wait_for_store(&self, error: &sqlx::Error, progress: &Progress) {
+    /// Hold the consumer until the store answers a `SELECT 1` again, polling with backoff
+    /// from `previous` (the wait of the try before, within one outage); the watchdog is kept
+    /// from taking the pause for a stall. Returns the last wait.
+    async fn wait_for_store(
+        &self,
+        error: &sqlx::Error,
+        progress: &Progress,
+        previous: Option<Duration>,
+    ) -> Duration {
         let service = &self.broker.settings().service_name;
-        tracing::warn!(service = %service, error = %Chain(error), "the store cannot be reached; the consumer holds its deliveries until it answers (no retry is spent)");
+        if previous.is_none() {
+            tracing::warn!(service = %service, error = %Chain(error), "the store cannot be reached or written; the consumer holds its deliveries until it can (no retry is spent)");
+        }
         let paused = metrics::gauge!("consumer_paused", "service" => service.clone());
         paused.set(1.0);
         let started = Instant::now();
-        let mut wait = Duration::from_millis(200);
+        let mut wait = previous.map_or(Duration::from_millis(200), |w| (w * 2).min(MAX_PAUSE));
         loop {
             progress.touch();
             tokio::time::sleep(wait).await;
@@ -634,10 +648,11 @@ impl Consumer {
             if matches!(probe, Ok(Ok(_))) {
                 break;
             }
-            wait = (wait * 2).min(Duration::from_secs(2));
+            wait = (wait * 2).min(MAX_PAUSE);
         }
         paused.set(0.0);
-        tracing::info!(service = %service, paused_for = ?started.elapsed(), "the store answers again; the consumer resumes");
+        tracing::info!(service = %service, paused_for = ?started.elapsed(), "the store answers again; the consumer tries its deliveries again");
+        wait
     }
 
     /// Each item is applied inside its own `process` span, so what its handler emits
