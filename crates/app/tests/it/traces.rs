@@ -254,7 +254,8 @@ async fn one_request_is_one_trace_through_http_the_outbox_the_broker_and_four_se
 }
 
 #[tokio::test]
-async fn an_unsampled_request_exports_nothing_and_its_context_still_travels() {
+async fn an_unsampled_request_exports_nothing_its_context_travels_and_a_plain_message_starts_a_trace(
+) {
     let collector = Collector::start().await;
     let mut ctx = Ctx::new();
     ctx.extra.extend(collector.env());
@@ -286,8 +287,34 @@ async fn an_unsampled_request_exports_nothing_and_its_context_still_travels() {
         carried.starts_with(&format!("00-{trace_id}-")) && carried.ends_with("-00"),
         "the same trace, still unsampled: {carried}"
     );
+
+    // A message with no trace context (as the seed's mq.py sends them) starts a new trace.
+    let plain = meeting_events::envelope::Envelope::new(
+        &meeting_events::events::Event::PermissionGranted(
+            meeting_events::events::PermissionChange {
+                meeting_id: "m-untraced".into(),
+                user_id: "bob".into(),
+                role: meeting_events::domain::MeetingRole::Manager,
+                version: 1,
+            },
+        ),
+        "permission-service",
+    );
+    bus.publish(&plain).await;
+    let root = eventually(WAIT, || async {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.kind == otlp::CONSUMER && s.attr("messaging.message.id") == plain.event_id)
+    })
+    .await
+    .expect("the plain message's process span");
+    assert_eq!(root.parent, "", "a root: {root:?}");
+    assert!(root.links.is_empty(), "nothing to link to: {root:?}");
+    assert_ne!(root.trace_id, trace_id);
+
     procs.stop();
-    // Every span the role had was flushed at SIGTERM: none of this trace.
+    // Every span the role had was flushed at SIGTERM: none of the unsampled trace.
     assert!(collector.of_trace(&trace_id).is_empty());
 }
 

@@ -413,6 +413,7 @@ impl Consumer {
                         .await;
                 }
             };
+        name_the_event(&tracing::Span::current(), &delivery, &envelope);
         let label = type_label(&envelope.event_type);
         if let Err(detail) = self.trusted(&delivery, &event, label) {
             let handled = Handled::Impossible(ParkReason::UntrustedProducer);
@@ -524,6 +525,7 @@ impl Consumer {
                         .is_ok() =>
                 {
                     let span = self.process_span(&delivery);
+                    name_the_event(&span, &delivery, &envelope);
                     ready.push((delivery, envelope, event, span))
                 }
                 // Can never succeed, or not from this sender: parked, with its reason, by
@@ -766,6 +768,30 @@ impl Consumer {
             }
         }
     }
+}
+
+/// A message published without AMQP `message_id`/`correlation_id` (the seed's mq.py sets
+/// neither) is named in its span by its envelope, once decoded.
+fn name_the_event(span: &tracing::Span, delivery: &Delivery, envelope: &Envelope) {
+    use crate::trace::attr;
+    if delivery.properties.message_id().is_some() {
+        return;
+    }
+    span.record(
+        "event_id",
+        tracing::field::display(short(&envelope.event_id)),
+    );
+    span.record(
+        "correlation_id",
+        tracing::field::display(short(envelope.chain_id())),
+    );
+    crate::trace::set(
+        span,
+        &[
+            (attr::MESSAGE_ID, envelope.event_id.clone()),
+            (attr::CONVERSATION_ID, envelope.chain_id().to_string()),
+        ],
+    );
 }
 
 /// The routing key the message was first published with.
