@@ -16,7 +16,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TracerProvider as _};
@@ -361,26 +360,19 @@ impl Carrier {
 
     /// `props` with these values in its `headers` table (others kept; missing ones removed).
     pub fn onto_amqp(&self, props: BasicProperties) -> BasicProperties {
-        let mut table: FieldTable = props.headers().clone().unwrap_or_default();
-        let mut inner = table.inner().clone();
+        use crate::messaging::headers;
+        let mut set = Vec::new();
+        let mut cleared = Vec::new();
         for (key, value) in [
             (TRACEPARENT, &self.traceparent),
             (TRACESTATE, &self.tracestate),
         ] {
             match value {
-                Some(v) => {
-                    inner.insert(
-                        ShortString::from(key),
-                        AMQPValue::LongString(LongString::from(v.as_str())),
-                    );
-                }
-                None => {
-                    inner.remove(&ShortString::from(key));
-                }
+                Some(v) => set.push((key, headers::text_value(v))),
+                None => cleared.push(key),
             }
         }
-        table = inner.into();
-        props.with_headers(table)
+        headers::with_headers(&headers::without_headers(&props, &cleared), &set)
     }
 
     /// The values as HTTP headers carry them.
@@ -475,6 +467,26 @@ pub(crate) fn fail(span: &Span, error_type: &str, description: impl Into<String>
     }
     span.set_attribute(attr::ERROR_TYPE, error_type.to_string());
     span.set_status(Status::error(description.into()));
+}
+
+/// The messaging attributes a span of one message carries: `operation` as its type and
+/// name, where it goes, and the message's ids.
+pub(crate) fn message_attributes(
+    operation: (&str, &str),
+    destination: String,
+    routing_key: &str,
+    message_id: &str,
+    conversation_id: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (attr::MESSAGING_SYSTEM, "rabbitmq".to_string()),
+        (attr::OPERATION_TYPE, operation.0.to_string()),
+        (attr::OPERATION_NAME, operation.1.to_string()),
+        (attr::DESTINATION, destination),
+        (attr::ROUTING_KEY, routing_key.to_string()),
+        (attr::MESSAGE_ID, message_id.to_string()),
+        (attr::CONVERSATION_ID, conversation_id.to_string()),
+    ]
 }
 
 /// Set string attributes on `span`.

@@ -48,7 +48,7 @@ struct Inner {
     node: AtomicUsize,
     /// Set while the broker blocks this connection's publishes (a memory or disk alarm):
     /// its reason and since when.
-    blocked: Mutex<Option<(String, std::time::SystemTime)>>,
+    blocked: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 /// Where the consumer stands, for `/ready`.
@@ -92,7 +92,7 @@ impl Broker {
         blocked.as_ref().map(|(reason, since)| {
             format!(
                 "broker: publishing blocked by the broker ({reason}) for {}s; events wait in the outbox",
-                since.elapsed().unwrap_or_default().as_secs()
+                since.elapsed().as_secs()
             )
         })
     }
@@ -104,10 +104,10 @@ impl Broker {
         match (&*blocked, reason) {
             (None, Some(reason)) => {
                 tracing::warn!(service = %mq.service_name, reason = %reason, "the broker blocks this connection's publishes (a resource alarm: memory or disk); requests still commit, and their events wait in the outbox until it clears");
-                *blocked = Some((reason, std::time::SystemTime::now()));
+                *blocked = Some((reason, std::time::Instant::now()));
             }
             (Some((_, since)), None) => {
-                tracing::info!(service = %mq.service_name, blocked_for = ?since.elapsed().unwrap_or_default(), "the broker unblocked this connection; the outbox drains");
+                tracing::info!(service = %mq.service_name, blocked_for = ?since.elapsed(), "the broker unblocked this connection; the outbox drains");
                 *blocked = None;
             }
             _ => return,
@@ -312,7 +312,8 @@ impl Broker {
                         return "connection is no longer connected".into();
                     }
                     // A block that came before the listener did is still in the status.
-                    if session.connection.status().blocked() && self.blocked().is_none() {
+                    let known = self.inner.blocked.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+                    if session.connection.status().blocked() && !known {
                         self.set_blocked(Some("reason not received".into()));
                     }
                     if !session.publisher.status().connected() {

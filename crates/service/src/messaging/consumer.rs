@@ -369,22 +369,15 @@ impl Consumer {
             return span;
         }
         let attempt = headers::count(props, headers::ATTEMPTS).unwrap_or(0) + 1;
-        crate::trace::set(
-            &span,
-            &[
-                (attr::MESSAGING_SYSTEM, "rabbitmq".to_string()),
-                (attr::OPERATION_TYPE, "process".to_string()),
-                (attr::OPERATION_NAME, "process".to_string()),
-                (
-                    attr::DESTINATION,
-                    format!("{}:{routing_key}:{}", mq.exchange, mq.queue),
-                ),
-                (attr::ROUTING_KEY, routing_key.clone()),
-                (attr::MESSAGE_ID, event_id.to_string()),
-                (attr::CONVERSATION_ID, correlation_id.to_string()),
-                (attr::CONSUMER_GROUP, mq.queue.clone()),
-            ],
+        let mut attributes = crate::trace::message_attributes(
+            ("process", "process"),
+            format!("{}:{routing_key}:{}", mq.exchange, mq.queue),
+            &routing_key,
+            event_id,
+            correlation_id,
         );
+        attributes.push((attr::CONSUMER_GROUP, mq.queue.clone()));
+        crate::trace::set(&span, &attributes);
         crate::trace::set_int(&span, attr::DELIVERY_TAG, delivery.delivery_tag as i64);
         crate::trace::set_int(&span, attr::ATTEMPT, attempt as i64);
         let parent = crate::trace::Carrier::from_amqp(props).context();

@@ -161,18 +161,13 @@ fn create_span(exchange: &str, envelope: &Envelope) -> tracing::Span {
     let span = tracing::info_span!(target: crate::trace::TARGET, "create",
         otel.name = %format_args!("create {exchange}:{}", envelope.event_type), otel.kind = "producer",
         trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
-    let mut attributes = vec![
-        (attr::MESSAGING_SYSTEM, "rabbitmq".to_string()),
-        (attr::OPERATION_TYPE, "create".to_string()),
-        (attr::OPERATION_NAME, "create".to_string()),
-        (
-            attr::DESTINATION,
-            format!("{exchange}:{}", envelope.event_type),
-        ),
-        (attr::ROUTING_KEY, envelope.event_type.clone()),
-        (attr::MESSAGE_ID, envelope.event_id.clone()),
-        (attr::CONVERSATION_ID, envelope.chain_id().to_string()),
-    ];
+    let mut attributes = crate::trace::message_attributes(
+        ("create", "create"),
+        format!("{exchange}:{}", envelope.event_type),
+        &envelope.event_type,
+        &envelope.event_id,
+        envelope.chain_id(),
+    );
     if let Some(cause) = &envelope.causation_id {
         attributes.push((attr::CAUSATION_ID, cause.clone()));
     }
@@ -208,7 +203,6 @@ async fn confirmed(
 /// The CLIENT `publish` span of a row: parented to the context stored with it, and linked to
 /// it (semantic conventions: a send after creation links to the creation context).
 fn publish_span(exchange: &str, row: &OutboxRow) -> tracing::Span {
-    use crate::trace::attr;
     if !crate::trace::enabled() || row.trace.traceparent.is_none() {
         return tracing::Span::none();
     }
@@ -218,20 +212,13 @@ fn publish_span(exchange: &str, row: &OutboxRow) -> tracing::Span {
     let waited_ms = (now_ms() - row.created_at_ms).max(0);
     crate::trace::set(
         &span,
-        &[
-            (attr::MESSAGING_SYSTEM, "rabbitmq".to_string()),
-            (attr::OPERATION_TYPE, "send".to_string()),
-            (attr::OPERATION_NAME, "publish".to_string()),
-            (attr::DESTINATION, format!("{exchange}:{}", row.event_type)),
-            (attr::ROUTING_KEY, row.event_type.clone()),
-            (attr::MESSAGE_ID, row.event_id.clone()),
-            (
-                attr::CONVERSATION_ID,
-                row.correlation_id
-                    .clone()
-                    .unwrap_or_else(|| row.event_id.clone()),
-            ),
-        ],
+        &crate::trace::message_attributes(
+            ("send", "publish"),
+            format!("{exchange}:{}", row.event_type),
+            &row.event_type,
+            &row.event_id,
+            row.correlation_id.as_deref().unwrap_or(&row.event_id),
+        ),
     );
     crate::trace::set_int(&span, "meeting_events.outbox.waited_ms", waited_ms);
     crate::trace::start(&span, Some(&row.trace.context()), true);

@@ -70,20 +70,11 @@ impl Bus {
     /// Publish an envelope stamped with `user` as its AMQP `user_id` (the broker refuses it
     /// unless `user` is this connection's).
     pub async fn publish_as(&self, envelope: &Envelope, user: &str) {
-        self.channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                envelope.event_type.as_str().into(),
-                BasicPublishOptions::default(),
-                &envelope.to_bytes(),
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_user_id(user.into()),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
+        self.publish_with(
+            envelope,
+            BasicProperties::default().with_user_id(user.into()),
+        )
+        .await;
     }
 
     /// Publish an envelope with the given properties, confirmed.
