@@ -37,13 +37,25 @@ install() {
 
 node_env() {
   local dir=$1
+  # A node made by scripts/cluster.sh start-netns also names its network namespace (NETNS),
+  # the address its clients reach it on (NODE_HOST) and RABBITMQ_USE_LONGNAME.
+  NETNS="" NODE_HOST=127.0.0.1 RABBITMQ_USE_LONGNAME=false
   # shellcheck disable=SC1091
   . "$dir/node.env"
-  export RABBITMQ_NODENAME RABBITMQ_NODE_PORT RABBITMQ_DIST_PORT
+  export RABBITMQ_NODENAME RABBITMQ_NODE_PORT RABBITMQ_DIST_PORT RABBITMQ_USE_LONGNAME
   export RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log"
   export RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins"
   export RABBITMQ_PID_FILE="$dir/rabbit.pid"
+  [ -f "$dir/advanced.config" ] && export RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
+  in_ns=()
+  [ -n "$NETNS" ] && in_ns=(ip netns exec "$NETNS")
+  ctl_args=(-q -n "$RABBITMQ_NODENAME")
+  [ "$RABBITMQ_USE_LONGNAME" = true ] && ctl_args+=(-l)
+  return 0
 }
+
+# rabbitmqctl against the node whose environment node_env loaded, from its namespace.
+node_ctl() { "${in_ns[@]}" rabbitmqctl "${ctl_args[@]}" "$@"; }
 
 start() {
   local dir=${1:?usage: start DIR [PORT]} port=${2:-}
@@ -77,19 +89,19 @@ ENV
   fi
   rm -f "$RABBITMQ_PID_FILE"
   # Its own session: signals to the caller's process group never reach the node, nor the reverse.
-  setsid nohup rabbitmq-server >"$dir/log/stdout.log" 2>&1 < /dev/null &
-  if ! timeout 90 rabbitmqctl -q -n "$RABBITMQ_NODENAME" wait --timeout 90 "$RABBITMQ_PID_FILE" >/dev/null 2>&1; then
+  setsid nohup "${in_ns[@]}" rabbitmq-server >"$dir/log/stdout.log" 2>&1 < /dev/null &
+  if ! timeout 90 "${in_ns[@]}" rabbitmqctl "${ctl_args[@]}" wait --timeout 90 "$RABBITMQ_PID_FILE" >/dev/null 2>&1; then
     tail -n 30 "$dir/log/stdout.log" >&2 || true
     die "node $RABBITMQ_NODENAME did not start (logs in $dir/log)"
   fi
-  echo "amqp://guest:guest@127.0.0.1:$RABBITMQ_NODE_PORT/%2f"
+  echo "amqp://guest:guest@$NODE_HOST:$RABBITMQ_NODE_PORT/%2f"
 }
 
 stop() {
   local dir=${1:?usage: stop DIR}
   [ -f "$dir/node.env" ] || return 0
   node_env "$dir"
-  rabbitmqctl -q -n "$RABBITMQ_NODENAME" stop "$RABBITMQ_PID_FILE" >/dev/null 2>&1 || kill_node "$dir"
+  node_ctl stop "$RABBITMQ_PID_FILE" >/dev/null 2>&1 || kill_node "$dir"
 }
 
 kill_node() {
@@ -98,7 +110,7 @@ kill_node() {
   [ -f "$RABBITMQ_PID_FILE" ] && kill -9 "$(cat "$RABBITMQ_PID_FILE")" 2>/dev/null || true
   # wait until the port is free again, so a restart can bind it
   for _ in $(seq 1 100); do
-    python3 -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('127.0.0.1',$RABBITMQ_NODE_PORT)) else 1)" && return 0
+    python3 -c "import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(0 if s.connect_ex(('$NODE_HOST',$RABBITMQ_NODE_PORT)) else 1)" && return 0
     sleep 0.1
   done
 }
@@ -106,7 +118,7 @@ kill_node() {
 close_connections() {
   local dir=${1:?usage: close-connections DIR}
   node_env "$dir"
-  rabbitmqctl -q -n "$RABBITMQ_NODENAME" close_all_connections "closed by broker.sh" >/dev/null
+  node_ctl close_all_connections "closed by broker.sh" >/dev/null
 }
 
 apply_commands() {
@@ -115,7 +127,9 @@ apply_commands() {
   node_env "$dir"
   # Every `rabbitmqctl …` line of FILE, aimed at this node.
   # shellcheck disable=SC2317
-  rabbitmqctl() { command rabbitmqctl -q -n "$RABBITMQ_NODENAME" "$@"; }
+  rabbitmqctl() {
+    if [ ${#in_ns[@]} -gt 0 ]; then "${in_ns[@]}" rabbitmqctl "${ctl_args[@]}" "$@"; else command rabbitmqctl "${ctl_args[@]}" "$@"; fi
+  }
   # shellcheck disable=SC1090
   . "$file"
 }
@@ -143,7 +157,7 @@ case "${1:-}" in
   kill) shift; kill_node "$@" ;;
   close-connections) shift; close_connections "$@" ;;
   apply) shift; apply_commands "$@" ;;
-  ctl) shift; dir=${1:?usage: ctl DIR ARGS…}; shift; node_env "$dir"; rabbitmqctl -q -n "$RABBITMQ_NODENAME" "$@" ;;
+  ctl) shift; dir=${1:?usage: ctl DIR ARGS…}; shift; node_env "$dir"; node_ctl "$@" ;;
   run) shift; run_with_broker "$@" ;;
   *) die "usage: $0 install | start DIR [PORT] | stop DIR | kill DIR | close-connections DIR | ctl DIR ARGS… | apply DIR FILE | run CMD…" ;;
 esac

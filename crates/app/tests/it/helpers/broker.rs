@@ -418,11 +418,21 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Self {
+        Self::start_with("start")
+    }
+
+    /// Each node in a network namespace of its own, so that one can be partitioned from
+    /// the others (`scripts/cluster.sh start-netns`; needs root).
+    pub fn start_in_namespaces() -> Self {
+        Self::start_with("start-netns")
+    }
+
+    fn start_with(command: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cluster")
             .tempdir_in("/tmp")
             .expect("tempdir");
-        let out = cluster_script(&["start", &dir.path().display().to_string()]);
+        let out = cluster_script(&[command, &dir.path().display().to_string()]);
         let value = |key: &str| {
             out.lines()
                 .find_map(|l| l.strip_prefix(&format!("export {key}=")))
@@ -465,6 +475,45 @@ impl Cluster {
             &["restart-node", &dir, &n.to_string()],
         )
         .await;
+    }
+
+    /// Cut node `n`'s cluster link: its clients still reach it (`start_in_namespaces`).
+    pub async fn partition(&self, n: usize) {
+        self.script(&["partition", &n.to_string()]).await;
+    }
+
+    pub async fn heal(&self, n: usize) {
+        self.script(&["heal", &n.to_string()]).await;
+    }
+
+    /// The named client connections as node `n` lists them for its side of the cluster:
+    /// (the node address the client reached, the connection's name).
+    pub async fn connections(&self, n: usize) -> Vec<(String, String)> {
+        self.script(&["connections", &n.to_string()])
+            .await
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(host, name)| (host.to_string(), name.to_string()))
+            .collect()
+    }
+
+    /// Whether node `n` serves (a paused minority node does not).
+    pub async fn running(&self, n: usize) -> bool {
+        self.script(&["running", &n.to_string()]).await == "true"
+    }
+
+    /// Node `n`'s address in its URL.
+    pub fn node_host(&self, n: usize) -> String {
+        let url = self.node_url(n);
+        let after = &url[url.find('@').expect("user in the URL") + 1..];
+        after[..after.find(':').expect("a port")].to_string()
+    }
+
+    async fn script(&self, args: &[&str]) -> String {
+        let dir = self.dir.path().display().to_string();
+        let mut all = vec![args[0], dir.as_str()];
+        all.extend(&args[1..]);
+        run_script(scripts().join("cluster.sh"), &all).await
     }
 
     /// The node leading a quorum queue.
