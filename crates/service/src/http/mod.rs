@@ -5,6 +5,7 @@ pub(crate) mod auth;
 mod error;
 pub(crate) mod openapi;
 mod serve;
+mod streams;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ pub(crate) use auth::{Auth, User};
 use error::LostRace;
 pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, Paging};
 pub(crate) use serve::{serve, Limits};
+pub(crate) use streams::Streams;
 
 use crate::messaging::{Broker, Outbox};
 

@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::streams::{self, First, Streams};
+
 /// What one role's server allows.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
@@ -21,6 +23,8 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     /// How long a client may take to send a request's headers.
     pub(crate) header_timeout: Duration,
+    /// The role's long-lived event streams, served beside hyper (`http::streams`).
+    pub(crate) streams: Option<Streams>,
 }
 
 /// Serve `app` on `listener` until `stop` is cancelled, then wait for the connections in
@@ -59,6 +63,27 @@ pub(crate) async fn serve(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(streams) = limits.streams {
+            // Which server a connection gets depends on its first request: look before
+            // hyper takes it.
+            let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + limits.header_timeout;
+                match streams::first_request(&stream, streams.prefix, deadline).await {
+                    First::Stream => streams::serve(stream, app, streams, deadline).await,
+                    First::Other => {
+                        let service = TowerToHyperService::new(app);
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        let _ = watcher.watch(connection).await;
+                    }
+                    First::Gone => {}
+                }
+                drop(permit);
+            });
+            continue;
+        }
         let service = TowerToHyperService::new(app.clone());
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -70,5 +95,9 @@ pub(crate) async fn serve(
         });
     }
     graceful.shutdown().await;
+    // Streams served beside hyper end when the role stops them; each holds its permit.
+    let _ = permits
+        .acquire_many(u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX))
+        .await;
     Ok(())
 }

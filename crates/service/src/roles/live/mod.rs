@@ -10,6 +10,7 @@ mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Extension;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,11 @@ fn start(state: &AppState, intake: &CancellationToken) -> anyhow::Result<Parts> 
         (!probe.0.load(Ordering::Relaxed)).then(|| "live stream: not attached".to_string())
     }));
     let live = Arc::new(api::Live::new(state, hub, intake.clone()));
+    let streams = crate::http::Streams {
+        prefix: "/live/meetings",
+        // Two keep-alives without taking a frame: the client is gone or stopped reading.
+        write_timeout: (state.settings.live.keepalive * 2).max(Duration::from_secs(10)),
+    };
     Ok(Parts {
         api: api::session_routes()
             .split_for_parts()
@@ -86,5 +92,6 @@ fn start(state: &AppState, intake: &CancellationToken) -> anyhow::Result<Parts> 
             .0
             .layer(Extension(live)),
         tasks: vec![reader],
+        streams: Some(streams),
     })
 }
