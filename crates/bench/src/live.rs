@@ -99,6 +99,9 @@ async fn follow(
         carry = (filled - from).min(MARKER.len() - 1);
         buf.copy_within(filled - carry..filled, 0);
     }
+    // Hold the stream until the run ends: 10,000 sockets closing as each sees the last event
+    // would land on the server while it still delivers that event to the others.
+    std::future::pending::<()>().await;
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -242,6 +245,12 @@ pub(crate) async fn live(
     drop((permission, meeting, replica));
     let _ = std::fs::remove_dir_all(&dir);
 
+    if std::env::var_os("BENCH_LIVE_SERIES").is_some() {
+        eprintln!(
+            "live {streams}: {:?}",
+            to_last.iter().map(|v| *v as u32).collect::<Vec<_>>()
+        );
+    }
     to_last.sort_by(f64::total_cmp);
     let at = |q: f64| to_last[((to_last.len() - 1) as f64 * q).round() as usize];
     Ok(LiveResult {

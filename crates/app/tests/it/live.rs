@@ -598,7 +598,8 @@ async fn the_page_and_its_settings_are_served() {
 /// proxy speaking HTTP/1.0, or a careless client send them.
 #[tokio::test]
 async fn the_stream_server_speaks_http_1_1_and_1_0_and_refuses_bad_heads_with_a_reason() {
-    let ctx = Ctx::new();
+    let mut ctx = Ctx::new();
+    ctx.extra.insert("LIVE_KEEPALIVE".into(), "1s".into());
     let live = Running::spawn(&ctx, &LIVE).await;
     let addr = live.base.trim_start_matches("http://").to_string();
     // What the server sent within `within`, and whether it closed the connection by then.
@@ -637,6 +638,10 @@ async fn the_stream_server_speaks_http_1_1_and_1_0_and_refuses_bad_heads_with_a_
         "the first frame at once, as a chunk: {http11:?}"
     );
     assert!(!closed, "a stream stays open");
+    assert!(
+        http11.contains(": keep-alive\n\n"),
+        "an idle stream gets a keep-alive within LIVE_KEEPALIVE: {http11:?}"
+    );
 
     // HTTP/1.0 (nginx's default towards upstreams): the frames as they are, no chunks.
     let (http10, _) = exchange(

@@ -2,6 +2,7 @@
 //! `EventSource` authenticates with, and the meeting page.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -403,6 +404,7 @@ fn open_stream(
                 covered: resume,
                 shown_id: resume,
                 tx,
+                spoke: AtomicBool::new(false),
                 _seat: seat,
             };
             tokio::spawn(connection.run(resume, Instant::now() + reauth_in));
@@ -514,6 +516,8 @@ struct Connection {
     /// The last id the client was given.
     shown_id: Option<Position>,
     tx: mpsc::Sender<Bytes>,
+    /// A frame was queued since the keep-alive timer last looked.
+    spoke: AtomicBool,
     _seat: Seat,
 }
 
@@ -543,10 +547,13 @@ impl Connection {
                 return;
             }
         };
-        let mut keepalive = tokio::time::interval_at(
-            Instant::now() + live.settings.keepalive,
-            live.settings.keepalive,
-        );
+        // Keep-alives go to idle streams only: any frame restarts the wait. The first wait
+        // is drawn from half to all of the interval, so streams opened together (a replica's
+        // browsers reconnecting to this one) do not all fall idle in the same instant.
+        let every = live.settings.keepalive;
+        let first =
+            every / 2 + every.mul_f64(f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 510.0);
+        let mut keepalive = tokio::time::interval_at(Instant::now() + first, every);
         let reauth = tokio::time::sleep_until(reauth_at);
         tokio::pin!(reauth);
         loop {
@@ -575,6 +582,9 @@ impl Connection {
                     Next::Ended => Err(End::Gone),
                 }
             };
+            if self.spoke.swap(false, Ordering::Relaxed) {
+                keepalive.reset();
+            }
             match end {
                 Ok(()) => {}
                 Err(End::Gone) => return,
@@ -713,6 +723,7 @@ impl Connection {
 
     /// Queue a frame; a full buffer means the client fell behind.
     fn offer(&self, frame: Bytes) -> Result<(), End> {
+        self.spoke.store(true, Ordering::Relaxed);
         self.tx.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => End::Slow,
             mpsc::error::TrySendError::Closed(_) => End::Gone,
