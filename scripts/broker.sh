@@ -101,7 +101,10 @@ stop() {
   local dir=${1:?usage: stop DIR}
   [ -f "$dir/node.env" ] || return 0
   node_env "$dir"
-  node_ctl stop "$RABBITMQ_PID_FILE" >/dev/null 2>&1 || kill_node "$dir"
+  # Bounded: a node stuck in its boot (seen after a partition healed, in global:sync) never
+  # answers a stop, and a throwaway node is as well killed.
+  "${in_ns[@]}" timeout -k 5 60 rabbitmqctl "${ctl_args[@]}" stop "$RABBITMQ_PID_FILE" \
+    >/dev/null 2>&1 || kill_node "$dir"
 }
 
 kill_node() {

@@ -15,6 +15,8 @@
 #                                         still reach it)
 #   scripts/cluster.sh heal DIR N         join node N's cluster link again
 #   scripts/cluster.sh running DIR N      true when node N serves (false while it is paused)
+#   scripts/cluster.sh boot-state DIR N   node N's boot state and, while it boots, where its
+#                                         boot waits (module:function, innermost first)
 #   scripts/cluster.sh connections DIR N  the named client connections node N's cluster lists,
 #                                         one line each: the address they reached, their name
 #
@@ -187,6 +189,21 @@ running() {
   ctl "$dir" "$n" eval 'rabbit:is_running().'
 }
 
+boot_state() {
+  local dir=${1:?usage: boot-state DIR N} n=${2:?usage: boot-state DIR N} out
+  out=$(timeout -k 5 30 "$here/broker.sh" ctl "$dir/rmq$n" eval '
+    Where = case whereis(rabbit) of
+      undefined -> [];
+      P -> case erlang:process_info(P, current_stacktrace) of
+             {current_stacktrace, S} -> [io_lib:format("~s:~s", [M, F]) || {M, F, _, _} <- S, M =/= gen, M =/= gen_server];
+             _ -> []
+           end
+    end,
+    io:format("~s ~s~n", [rabbit_boot_state:get(), lists:join(" < ", lists:sublist(Where, 3))]).' 2>&1) ||
+    out="not answering: $out"
+  printf '%s\n' "${out%%$'\n'*}"
+}
+
 connections() {
   local dir=${1:?usage: connections DIR N} n=${2:?usage: connections DIR N}
   ctl "$dir" "$n" list_connections host client_properties --no-table-headers 2>/dev/null |
@@ -234,5 +251,6 @@ case "${1:-}" in
   heal) shift; heal "$@" ;;
   connections) shift; connections "$@" ;;
   running) shift; running "$@" ;;
-  *) die "usage: $0 start DIR | start-netns DIR | stop DIR | kill-node DIR N | restart-node DIR N | partition DIR N | heal DIR N | running DIR N | connections DIR N | leader DIR QUEUE | database DIR NAME" ;;
+  boot-state) shift; boot_state "$@" ;;
+  *) die "usage: $0 start DIR | start-netns DIR | stop DIR | kill-node DIR N | restart-node DIR N | partition DIR N | heal DIR N | running DIR N | boot-state DIR N | connections DIR N | leader DIR QUEUE | database DIR NAME" ;;
 esac

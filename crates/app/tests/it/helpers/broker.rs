@@ -486,6 +486,11 @@ impl Cluster {
         self.script(&["heal", &n.to_string()]).await;
     }
 
+    /// Node `n`'s boot state and, while it boots, where its boot waits.
+    pub async fn boot_state(&self, n: usize) -> String {
+        self.script(&["boot-state", &n.to_string()]).await
+    }
+
     /// The named client connections as node `n` lists them for its side of the cluster:
     /// (the node address the client reached, the connection's name).
     pub async fn connections(&self, n: usize) -> Vec<(String, String)> {
