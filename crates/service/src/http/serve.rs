@@ -63,35 +63,24 @@ pub(crate) async fn serve(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        if let Some(streams) = limits.streams {
-            // Which server a connection gets depends on its first request: look before
-            // hyper takes it.
-            let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
-            tokio::spawn(async move {
+        let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Some(streams) = limits.streams {
+                // Which server a connection gets depends on its first request: look before
+                // hyper takes it.
                 let deadline = tokio::time::Instant::now() + limits.header_timeout;
                 match streams::first_request(&stream, streams.prefix, deadline).await {
-                    First::Stream => streams::serve(stream, app, streams, deadline).await,
-                    First::Other => {
-                        let service = TowerToHyperService::new(app);
-                        let connection = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        let _ = watcher.watch(connection).await;
-                    }
-                    First::Gone => {}
+                    First::Stream => return streams::serve(stream, app, streams, deadline).await,
+                    First::Gone => return,
+                    First::Other => {}
                 }
-                drop(permit);
-            });
-            continue;
-        }
-        let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
+            }
+            let service = TowerToHyperService::new(app);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let _ = watcher.watch(connection).await;
         });
     }
     graceful.shutdown().await;

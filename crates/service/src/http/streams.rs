@@ -251,21 +251,18 @@ async fn write_response(
             push_header(&mut head, name.as_str(), value.as_bytes());
         }
     }
-    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
     if let Some(length) = body.size_hint().exact() {
         // An error or another answer of known size: the whole of it, then close.
         let bytes = timeout(write_timeout, axum::body::to_bytes(body, MAX_ANSWER))
             .await
-            .map_err(|_| timed_out())?
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
             .map_err(std::io::Error::other)?;
         if !parts.headers.contains_key(header::CONTENT_LENGTH) {
             push_header(&mut head, "content-length", length.to_string().as_bytes());
         }
         head.extend_from_slice(b"connection: close\r\n\r\n");
         head.extend_from_slice(&bytes);
-        timeout(write_timeout, stream.write_all(&head))
-            .await
-            .map_err(|_| timed_out())??;
+        write_within(&mut stream, &head, write_timeout).await?;
         return stream.shutdown().await;
     }
     if chunked {
@@ -273,9 +270,7 @@ async fn write_response(
     }
     head.extend_from_slice(b"connection: close\r\n\r\n");
     let (mut input, mut output) = stream.split();
-    timeout(write_timeout, output.write_all(&head))
-        .await
-        .map_err(|_| timed_out())??;
+    write_within(&mut output, &head, write_timeout).await?;
     drop(head);
     let mut frames = body.into_data_stream();
     let mut probe = [0u8; 16];
@@ -292,24 +287,32 @@ async fn write_response(
         if frame.is_empty() {
             continue;
         }
-        let written = if chunked {
+        if chunked {
             let mut chunk = Vec::with_capacity(frame.len() + 12);
             let _ = write!(chunk, "{:x}\r\n", frame.len());
             chunk.extend_from_slice(&frame);
             chunk.extend_from_slice(b"\r\n");
             drop(frame);
-            timeout(write_timeout, output.write_all(&chunk)).await
+            write_within(&mut output, &chunk, write_timeout).await?;
         } else {
-            timeout(write_timeout, output.write_all(&frame)).await
-        };
-        written.map_err(|_| timed_out())??;
+            write_within(&mut output, &frame, write_timeout).await?;
+        }
     }
     if chunked {
-        timeout(write_timeout, output.write_all(b"0\r\n\r\n"))
-            .await
-            .map_err(|_| timed_out())??;
+        write_within(&mut output, b"0\r\n\r\n", write_timeout).await?;
     }
     output.shutdown().await
+}
+
+/// Write all of `bytes`, or fail with `TimedOut` when the client takes longer than `within`.
+async fn write_within(
+    to: &mut (impl AsyncWriteExt + Unpin),
+    bytes: &[u8],
+    within: Duration,
+) -> std::io::Result<()> {
+    timeout(within, to.write_all(bytes))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 #[cfg(test)]

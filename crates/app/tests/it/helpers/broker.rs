@@ -460,21 +460,11 @@ impl Cluster {
 
     /// SIGKILL node `n`, as a crash.
     pub async fn kill_node(&self, n: usize) {
-        let dir = self.dir.path().display().to_string();
-        run_script(
-            scripts().join("cluster.sh"),
-            &["kill-node", &dir, &n.to_string()],
-        )
-        .await;
+        self.script(&["kill-node", &n.to_string()]).await;
     }
 
     pub async fn restart_node(&self, n: usize) {
-        let dir = self.dir.path().display().to_string();
-        run_script(
-            scripts().join("cluster.sh"),
-            &["restart-node", &dir, &n.to_string()],
-        )
-        .await;
+        self.script(&["restart-node", &n.to_string()]).await;
     }
 
     /// Cut node `n`'s cluster link: its clients still reach it (`start_in_namespaces`).

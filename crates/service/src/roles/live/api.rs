@@ -551,8 +551,7 @@ impl Connection {
         // is drawn from half to all of the interval, so streams opened together (a replica's
         // browsers reconnecting to this one) do not all fall idle in the same instant.
         let every = live.settings.keepalive;
-        let first =
-            every / 2 + every.mul_f64(f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 510.0);
+        let first = somewhere_between(every / 2, every);
         let mut keepalive = tokio::time::interval_at(Instant::now() + first, every);
         let reauth = tokio::time::sleep_until(reauth_at);
         tokio::pin!(reauth);
@@ -560,8 +559,8 @@ impl Connection {
             let end = tokio::select! {
                 _ = live.stop.cancelled() => {
                     // Spread the reconnects of every browser of this replica over 1–5 s.
-                    let spread = 1000 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 4000 / 255;
-                    let _ = self.tx.try_send(Bytes::from(format!("retry: {spread}\n: this replica is stopping\n\n")));
+                    let spread = somewhere_between(Duration::from_secs(1), Duration::from_secs(5));
+                    let _ = self.tx.try_send(Bytes::from(format!("retry: {}\n: this replica is stopping\n\n", spread.as_millis())));
                     return;
                 }
                 _ = &mut reauth => {
@@ -774,6 +773,12 @@ async fn next_item(source: &mut Source) -> Next {
     }
 }
 
+/// A duration drawn at random from `from` to `to`, so that many connections doing the same
+/// thing do not do it in the same instant.
+fn somewhere_between(from: Duration, to: Duration) -> Duration {
+    let fraction = f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 255.0;
+    from + to.saturating_sub(from).mul_f64(fraction)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
