@@ -193,6 +193,10 @@ fn describe() {
         "How long after its publication the live role read the last event of its stream."
     );
     describe_gauge!(
+        "runtime_tasks_alive",
+        "Tasks alive in the process's async runtime (one per open connection, plus the role's own), read at each scrape."
+    );
+    describe_gauge!(
         "live_streams_open",
         "Server-sent event streams open to browsers."
     );

@@ -13,6 +13,7 @@ mod flow;
 mod http_contract;
 mod interop;
 mod live;
+mod live_http;
 mod messaging;
 mod operator;
 mod permissions;

@@ -103,6 +103,8 @@ pub struct Settings {
     pub http_header_timeout: Duration,
     /// Deadline for a whole request.
     pub http_request_timeout: Duration,
+    /// How long a write may wait for the client to take bytes.
+    pub http_write_timeout: Duration,
     /// The largest request body.
     pub http_max_body_bytes: usize,
     /// Connections to a PostgreSQL store.

@@ -156,9 +156,11 @@ pub(super) fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Sett
     let http_header_timeout = parse_duration("HTTP_HEADER_TIMEOUT", &get("HTTP_HEADER_TIMEOUT"))?;
     let http_request_timeout =
         parse_duration("HTTP_REQUEST_TIMEOUT", &get("HTTP_REQUEST_TIMEOUT"))?;
+    let http_write_timeout = parse_duration("HTTP_WRITE_TIMEOUT", &get("HTTP_WRITE_TIMEOUT"))?;
     for (name, d) in [
         ("HTTP_HEADER_TIMEOUT", http_header_timeout),
         ("HTTP_REQUEST_TIMEOUT", http_request_timeout),
+        ("HTTP_WRITE_TIMEOUT", http_write_timeout),
     ] {
         if d.is_zero() {
             return Err(ConfigError::new(name, "must be above zero"));
@@ -266,6 +268,7 @@ pub(super) fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Sett
         http_max_connections,
         http_header_timeout,
         http_request_timeout,
+        http_write_timeout,
         http_max_body_bytes,
         database_pool_size,
         database_acquire_timeout,

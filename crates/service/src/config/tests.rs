@@ -76,6 +76,7 @@ fn bad_values_name_their_variable() {
         ("DATABASE_POOL_SIZE", "0"),
         ("HTTP_MAX_CONNECTIONS", "0"),
         ("HTTP_HEADER_TIMEOUT", "0s"),
+        ("HTTP_WRITE_TIMEOUT", "0s"),
         ("HTTP_MAX_BODY_BYTES", "12"),
     ] {
         let err = load(&[(var, value)]).unwrap_err();

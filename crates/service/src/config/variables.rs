@@ -177,6 +177,12 @@ pub const VARIABLES: &[Variable] = &[
         scope: Scope::Shared,
     },
     Variable {
+        name: "HTTP_WRITE_TIMEOUT",
+        help: "how long a write may wait for the client to take bytes (a reader that stopped, an event stream's say) before the connection is closed",
+        default: Default::Fixed("30s"),
+        scope: Scope::Shared,
+    },
+    Variable {
         name: "HTTP_MAX_BODY_BYTES",
         help: "the largest request body accepted (413 above it)",
         default: Default::Fixed("65536"),

@@ -27,6 +27,9 @@ pub(crate) enum ApiError {
     /// 413: the body is over `HTTP_MAX_BODY_BYTES`.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 431: the request's target and headers are over [`super::MAX_HEAD_BYTES`].
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 415: the body is not `application/json`.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -82,6 +85,8 @@ pub(crate) enum ErrorCode {
     Conflict,
     /// 413: the body is over `HTTP_MAX_BODY_BYTES`.
     PayloadTooLarge,
+    /// 431: the request's target and headers are over 16 KiB.
+    HeadersTooLarge,
     /// 415: the body is not sent as `application/json`.
     UnsupportedMediaType,
     /// 422: well-formed, but a value is not acceptable.
@@ -111,6 +116,10 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
+            ApiError::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ErrorCode::HeadersTooLarge,
+            ),
             ApiError::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,

@@ -5,7 +5,6 @@ pub(crate) mod auth;
 mod error;
 pub(crate) mod openapi;
 mod serve;
-mod streams;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +25,12 @@ pub(crate) use auth::{Auth, User};
 use error::LostRace;
 pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, Paging};
 pub(crate) use serve::{serve, Limits};
-pub(crate) use streams::Streams;
 
 use crate::messaging::{Broker, Outbox};
+
+/// The most a request's target and headers may take (as they are written on the wire);
+/// a larger head is answered 431 with the JSON reason.
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// What every request handler of a role can reach.
 #[derive(Clone)]
@@ -90,6 +92,7 @@ pub(crate) fn app(
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             within(request_timeout, request, next)
         }))
+        .layer(middleware::from_fn(head_within_limit))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -217,6 +220,10 @@ async fn ready(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "probes",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 async fn metrics() -> Response {
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    metrics::gauge!("runtime_tasks_alive").set(tasks as f64);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -286,6 +293,28 @@ fn server_span(method: &str, route: &str, request: &Request) -> tracing::Span {
     );
     crate::trace::start(&span, Some(&parent), false);
     span
+}
+
+/// Answer 431 when the request's target and headers are over [`MAX_HEAD_BYTES`], counted
+/// as HTTP/1.1 writes them (hyper's own ceiling, above this, answers without a body).
+async fn head_within_limit(request: Request, next: Next) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len());
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if target + headers > MAX_HEAD_BYTES {
+        return ApiError::HeadersTooLarge(format!(
+            "the request's target and headers take {} bytes; at most {MAX_HEAD_BYTES} are read",
+            target + headers
+        ))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Answer 408 when a request, body included, takes longer than `limit`.

@@ -98,6 +98,7 @@ fn shared_responses() -> Vec<(&'static str, Response)> {
         ("BadRequest", error("`bad_request`: the body, a path parameter or the query does not parse.").build()),
         ("Unauthorized", error("`unauthorized`: no credential, or one that does not verify (with `WWW-Authenticate: Bearer`).").build()),
         ("RequestTimeout", error("`request_timeout`: the request, body included, took longer than `HTTP_REQUEST_TIMEOUT`.").build()),
+        ("HeadersTooLarge", error("`headers_too_large`: the request's target and headers are over 16 KiB.").build()),
         ("PayloadTooLarge", error("`payload_too_large`: the body is over `HTTP_MAX_BODY_BYTES`.").build()),
         ("UnsupportedMediaType", error("`unsupported_media_type`: the body is not sent as `application/json`.").build()),
         ("Invalid", error("`invalid`: well-formed, but a value is not acceptable (an empty or over-long text, an unknown word, `limit` outside 1–1000).").build()),
@@ -160,6 +161,7 @@ fn add_shared_errors(op: &mut Operation) {
         add("401", "Unauthorized");
     }
     add("408", "RequestTimeout");
+    add("431", "HeadersTooLarge");
     if !secured && !parses {
         // A static answer (the page, its settings): nothing behind it can fail.
         return;

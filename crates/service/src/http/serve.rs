@@ -1,5 +1,7 @@
-//! The HTTP server loop (docs/architecture.md §4): hyper with limits a hostile client cannot
-//! get around — a cap on open connections, a deadline for a request's headers — and a
+//! The HTTP server loop (docs/architecture.md §4): hyper serves every connection of every
+//! role — HTTP/1.1, HTTP/1.0 and HTTP/2 with prior knowledge (h2c), long-lived event streams
+//! included — with limits a hostile client cannot get around: a cap on open connections, a
+//! deadline for a request's headers, a deadline for a write that makes no progress, and a
 //! graceful stop that lets requests in hand finish.
 
 use std::sync::Arc;
@@ -12,9 +14,16 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 
-use super::streams::{self, First, Streams};
+/// The most a request head may take in hyper's read buffer. Heads up to
+/// [`super::MAX_HEAD_BYTES`] are served; larger ones up to this ceiling are answered 431 with
+/// the JSON reason by [`super::app`]; beyond it hyper answers a bare 431 itself.
+const READ_BUFFER_CEILING: usize = 4 * super::MAX_HEAD_BYTES;
+/// HTTP/2 streams one connection may carry at once (an ingress multiplexes browsers' event
+/// streams over a few upstream connections).
+const H2_MAX_STREAMS: u32 = 1_000;
 
 /// What one role's server allows.
 #[derive(Clone, Copy, Debug)]
@@ -23,8 +32,9 @@ pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     /// How long a client may take to send a request's headers.
     pub(crate) header_timeout: Duration,
-    /// The role's long-lived event streams, served beside hyper (`http::streams`).
-    pub(crate) streams: Option<Streams>,
+    /// How long a write may wait for the client to take bytes: a reader that stopped (an
+    /// event stream's, say) cannot hold its connection.
+    pub(crate) write_timeout: Duration,
 }
 
 /// Serve `app` on `listener` until `stop` is cancelled, then wait for the connections in
@@ -41,7 +51,14 @@ pub(crate) async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(READ_BUFFER_CEILING);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(READ_BUFFER_CEILING as u32)
+        .keep_alive_interval(Some(Duration::from_secs(20)));
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -63,30 +80,19 @@ pub(crate) async fn serve(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
+        let io = TokioIo::new(Box::pin(stream));
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
+        let watched = graceful.watch(connection);
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(streams) = limits.streams {
-                // Which server a connection gets depends on its first request: look before
-                // hyper takes it.
-                let deadline = tokio::time::Instant::now() + limits.header_timeout;
-                match streams::first_request(&stream, streams.prefix, deadline).await {
-                    First::Stream => return streams::serve(stream, app, streams, deadline).await,
-                    First::Gone => return,
-                    First::Other => {}
-                }
-            }
-            let service = TowerToHyperService::new(app);
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let _ = watcher.watch(connection).await;
+            let _ = watched.await;
         });
     }
     graceful.shutdown().await;
-    // Streams served beside hyper end when the role stops them; each holds its permit.
-    let _ = permits
-        .acquire_many(u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX))
-        .await;
     Ok(())
 }

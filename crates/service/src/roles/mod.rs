@@ -48,8 +48,6 @@ pub(crate) struct Parts {
     pub(crate) open: Router<AppState>,
     /// Tasks that run until intake stops; shutdown waits for them like for the consumer.
     pub(crate) tasks: Vec<JoinHandle<()>>,
-    /// Long-lived event streams, served beside hyper (the live role's).
-    pub(crate) streams: Option<crate::http::Streams>,
 }
 
 impl Parts {
@@ -59,7 +57,6 @@ impl Parts {
             api,
             open: Router::new(),
             tasks: Vec::new(),
-            streams: None,
         })
     }
 }

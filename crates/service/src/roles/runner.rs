@@ -69,7 +69,7 @@ pub(crate) async fn run(
     let limits = http::Limits {
         max_connections: settings.http_max_connections,
         header_timeout: settings.http_header_timeout,
-        streams: parts.streams,
+        write_timeout: settings.http_write_timeout,
     };
     let mut server = tokio::spawn(http::serve(listener, app, limits, intake.clone()));
     tracing::info!(%service, %addr, queue = %settings.mq.queue, exchange = %settings.mq.exchange, broker_user = settings.mq.url.user(), trust = %settings.mq.trust, "serving");

@@ -2,31 +2,27 @@
 //! `EventSource` authenticates with, and the meeting page.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
 use axum::extract::Query;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::hub::{Attach, Hub, Item, Position, Shown, Signal};
-use super::stream::Replay;
+use super::hub::{Hub, Position};
+use super::subscriber::{self, Seat, Subscriber};
 use crate::config::{LiveSettings, Secret};
-use crate::domain::MeetingRole;
 use crate::http::auth::{bearer, Verified};
 use crate::http::{ApiError, ApiPath, AppState, Auth, ErrorBody};
 use crate::messaging::{unix_seconds, Broker};
-use crate::roles::grants;
 
 /// The cookie `POST /live/session` sets: the bearer token itself, for `/live` only.
 const COOKIE: &str = "live_session";
@@ -39,16 +35,18 @@ const REAUTH_AHEAD: Duration = Duration::from_secs(30);
 
 /// What every live route shares.
 pub(super) struct Live {
-    hub: Arc<Hub>,
-    broker: Broker,
-    settings: LiveSettings,
-    pool: AnyPool,
+    pub(super) hub: Arc<Hub>,
+    pub(super) broker: Broker,
+    pub(super) settings: LiveSettings,
+    pub(super) pool: AnyPool,
     auth: Arc<Auth>,
     /// Signs sign-in tokens in development mode only.
     dev_key: Option<Secret>,
-    stop: CancellationToken,
-    per_user: Mutex<HashMap<String, usize>>,
-    replays: Arc<Semaphore>,
+    pub(super) stop: CancellationToken,
+    /// Streams open per user.
+    pub(super) per_user: Mutex<HashMap<String, usize>>,
+    /// Streams reading the broker's stream for a resume.
+    pub(super) replays: Arc<Semaphore>,
 }
 
 impl Live {
@@ -364,7 +362,7 @@ fn check_meetings(ids: Vec<String>) -> Result<HashSet<String>, ApiError> {
 }
 
 /// Answer a stream: check the credential, the meetings and the id to resume from, take a
-/// seat for the user and start the connection's task.
+/// seat for the user; the response's body is the stream.
 fn open_stream(
     live: Arc<Live>,
     ids: Vec<String>,
@@ -382,44 +380,25 @@ fn open_stream(
         .map(|s| Position::parse(&s))
         .transpose()
         .map_err(ApiError::BadRequest)?;
-    let (tx, rx) = mpsc::channel::<Bytes>(live.settings.client_buffer.max(4));
-    // A first byte at once: proxies and browsers see the stream open before any event.
-    let _ = tx.try_send(Bytes::from_static(b": connected\n\n"));
-    match credential {
-        Credential::Expired => {
-            metrics::counter!("live_reauths_total").increment(1);
-            let _ = tx.try_send(reauth_frame());
-        }
+    let body = match credential {
+        Credential::Expired => subscriber::expired(),
         Credential::Valid(verified) => {
             let seat = Seat::take(&live, &verified.user)?;
             let now = unix_seconds();
             let left = Duration::from_secs(verified.expires_at.saturating_sub(now));
             let reauth_in = left.saturating_sub(REAUTH_AHEAD.min(left / 4));
-            let connection = Connection {
-                live: live.clone(),
-                user: verified.user,
+            Subscriber::new(
+                live.clone(),
+                seat,
+                verified.user,
                 meetings,
-                denied: HashSet::new(),
-                granted: HashSet::new(),
-                covered: resume,
-                shown_id: resume,
-                tx,
-                spoke: AtomicBool::new(false),
-                _seat: seat,
-            };
-            tokio::spawn(connection.run(resume, Instant::now() + reauth_in));
+                resume,
+                Instant::now() + reauth_in,
+            )
+            .into_body()
         }
-    }
-    Ok(sse_response(rx))
-}
-
-fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|frame| (Ok::<_, std::convert::Infallible>(frame), rx))
-    });
-    let mut response = Body::from_stream(body).into_response();
+    };
+    let mut response = body.into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -427,358 +406,9 @@ fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    Ok(response)
 }
 
-fn reauth_frame() -> Bytes {
-    Bytes::from_static(
-        b"event: reauth\ndata: {\"reason\":\"the credential expires: POST /live/session again and reconnect with ?last_event_id=\"}\n\n",
-    )
-}
-
-fn resync_frame(why: &str) -> Bytes {
-    let data = serde_json::json!({ "reason": why });
-    Bytes::from(format!("event: resync\ndata: {data}\n\n"))
-}
-
-/// One of the streams a user may hold open on this replica.
-struct Seat {
-    live: Arc<Live>,
-    user: String,
-}
-
-impl Seat {
-    fn take(live: &Arc<Live>, user: &str) -> Result<Self, ApiError> {
-        let mut open = live.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let held = open.entry(user.to_string()).or_default();
-        if *held >= live.settings.streams_per_user {
-            metrics::counter!("live_streams_refused_total").increment(1);
-            return Err(ApiError::TooMany(format!(
-                "{} already holds {held} open streams on this replica (LIVE_STREAMS_PER_USER); one stream follows several meetings",
-                crate::telemetry::short(user)
-            )));
-        }
-        *held += 1;
-        metrics::gauge!("live_streams_open").increment(1.0);
-        Ok(Self {
-            live: live.clone(),
-            user: user.to_string(),
-        })
-    }
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        let mut open = self.live.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = open.get_mut(&self.user) {
-            *held -= 1;
-            if *held == 0 {
-                open.remove(&self.user);
-            }
-        }
-        metrics::gauge!("live_streams_open").decrement(1.0);
-    }
-}
-
-/// Where a connection reads from.
-enum Source {
-    Live(broadcast::Receiver<Signal>),
-    /// Reading the broker's stream after `from`; `checked` once the item at `from` was
-    /// seen to be the one the client got.
-    Replay {
-        replay: Box<Replay>,
-        from: Position,
-        checked: bool,
-        _permit: tokio::sync::OwnedSemaphorePermit,
-    },
-}
-
-/// Why a connection ends.
-enum End {
-    /// The client went away, or its stream was ended for it.
-    Gone,
-    /// The client fell behind.
-    Slow,
-}
-
-/// One open stream.
-struct Connection {
-    live: Arc<Live>,
-    user: String,
-    meetings: HashSet<String>,
-    /// Meetings whose managing role this user lost in the stream, before the copy of the
-    /// grants caught up with it.
-    denied: HashSet<Arc<str>>,
-    /// Meetings whose managing role this user gained in the stream (the copy may lag).
-    granted: HashSet<Arc<str>>,
-    /// The last position handled: everything up to it was sent or was not for this client.
-    covered: Option<Position>,
-    /// The last id the client was given.
-    shown_id: Option<Position>,
-    tx: mpsc::Sender<Bytes>,
-    /// A frame was queued since the keep-alive timer last looked.
-    spoke: AtomicBool,
-    _seat: Seat,
-}
-
-impl Connection {
-    async fn run(mut self, resume: Option<Position>, reauth_at: Instant) {
-        let live = self.live.clone();
-        let mut source = match live.hub.attach(resume) {
-            Attach::Live { backlog, rx } => {
-                if resume.is_some() {
-                    metrics::counter!("live_resumes_total", "from" => "memory").increment(1);
-                }
-                if self.send_all(backlog).await.is_err() {
-                    return;
-                }
-                Source::Live(rx)
-            }
-            Attach::Replay => {
-                let from = resume.expect("a replay resumes from an id");
-                metrics::counter!("live_resumes_total", "from" => "stream").increment(1);
-                match self.replay(from).await {
-                    Some(source) => source,
-                    None => return,
-                }
-            }
-            Attach::Resync(why) => {
-                self.resync(why);
-                return;
-            }
-        };
-        // Keep-alives go to idle streams only: any frame restarts the wait. The first wait
-        // is drawn from half to all of the interval, so streams opened together (a replica's
-        // browsers reconnecting to this one) do not all fall idle in the same instant.
-        let every = live.settings.keepalive;
-        let first = somewhere_between(every / 2, every);
-        let mut keepalive = tokio::time::interval_at(Instant::now() + first, every);
-        let reauth = tokio::time::sleep_until(reauth_at);
-        tokio::pin!(reauth);
-        loop {
-            let end = tokio::select! {
-                _ = live.stop.cancelled() => {
-                    // Spread the reconnects of every browser of this replica over 1–5 s.
-                    let spread = somewhere_between(Duration::from_secs(1), Duration::from_secs(5));
-                    let _ = self.tx.try_send(Bytes::from(format!("retry: {}\n: this replica is stopping\n\n", spread.as_millis())));
-                    return;
-                }
-                _ = &mut reauth => {
-                    metrics::counter!("live_reauths_total").increment(1);
-                    let _ = self.tx.try_send(reauth_frame());
-                    return;
-                }
-                _ = self.tx.closed() => return,
-                _ = keepalive.tick() => self.keep_alive(&mut source).await,
-                next = next_item(&mut source) => match next {
-                    Next::Item(item) => self.handle(&item).await,
-                    Next::Replayed(item) => self.replayed(&mut source, item).await,
-                    Next::Reset => {
-                        self.resync("the stream was declared anew");
-                        return;
-                    }
-                    Next::Lagged => Err(End::Slow),
-                    Next::Ended => Err(End::Gone),
-                }
-            };
-            if self.spoke.swap(false, Ordering::Relaxed) {
-                keepalive.reset();
-            }
-            match end {
-                Ok(()) => {}
-                Err(End::Gone) => return,
-                Err(End::Slow) => {
-                    metrics::counter!("live_slow_disconnects_total").increment(1);
-                    tracing::info!(user = %crate::telemetry::short(&self.user), "a live stream fell behind and was ended; it resumes by id");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Start reading the broker's stream after `from`.
-    async fn replay(&mut self, from: Position) -> Option<Source> {
-        let live = self.live.clone();
-        let permit = tokio::select! {
-            p = live.replays.clone().acquire_owned() => p.ok()?,
-            _ = self.tx.closed() => return None,
-        };
-        match Replay::start(&live.broker, &live.settings, from.offset).await {
-            Ok(replay) => Some(Source::Replay {
-                replay: Box::new(replay),
-                from,
-                checked: false,
-                _permit: permit,
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the live stream for a resume; the client retries");
-                None
-            }
-        }
-    }
-
-    /// An item read from the broker's stream during a replay.
-    async fn replayed(&mut self, source: &mut Source, item: Item) -> Result<(), End> {
-        let Source::Replay { from, checked, .. } = source else {
-            return Ok(());
-        };
-        if !*checked {
-            if item.position.offset < from.offset {
-                return Ok(()); // the chunk holding `from` starts earlier
-            }
-            if item.position != *from {
-                self.resync(if item.position.offset > from.offset {
-                    "the id is older than the stream holds"
-                } else {
-                    "the id names another event of this offset"
-                });
-                return Err(End::Gone);
-            }
-            *checked = true;
-            return Ok(());
-        }
-        self.handle(&item).await?;
-        self.join_live(source).await
-    }
-
-    /// Leave the replay for the live tail once the memory reaches back far enough.
-    async fn join_live(&mut self, source: &mut Source) -> Result<(), End> {
-        let (Source::Replay { checked: true, .. }, Some(covered)) = (&*source, self.covered) else {
-            return Ok(());
-        };
-        if let Some(Attach::Live { backlog, rx }) = self.live.hub.join_after(covered) {
-            if let Source::Replay { replay, .. } = std::mem::replace(source, Source::Live(rx)) {
-                replay.close().await;
-            }
-            self.send_all(backlog).await?;
-        }
-        Ok(())
-    }
-
-    async fn send_all(&mut self, items: Vec<Arc<Item>>) -> Result<(), End> {
-        for item in items {
-            self.handle(&item).await?;
-        }
-        Ok(())
-    }
-
-    /// Send an item if it is for this client, in order, once.
-    async fn handle(&mut self, item: &Item) -> Result<(), End> {
-        if self
-            .covered
-            .is_some_and(|c| item.position.offset <= c.offset)
-        {
-            return Ok(());
-        }
-        self.covered = Some(item.position);
-        let Some(shown) = &item.event else {
-            return Ok(());
-        };
-        if !self.may_see(shown).await {
-            return Ok(());
-        }
-        self.offer(shown.frame.clone())?;
-        self.shown_id = Some(item.position);
-        metrics::counter!("live_events_sent_total").increment(1);
-        Ok(())
-    }
-
-    /// The read policy, at the moment of sending: any signed-in user reads a meeting's
-    /// events, as over REST; `permission.*` only its managers, by the live role's copy of
-    /// the grants — and never after the stream itself showed this user's role revoked, always
-    /// after it showed it granted.
-    async fn may_see(&mut self, shown: &Shown) -> bool {
-        if !self.meetings.contains(&*shown.meeting_id) {
-            return false;
-        }
-        let Some(subject) = &shown.subject else {
-            return true;
-        };
-        if subject.user == self.user && subject.role == MeetingRole::Manager {
-            if subject.granted {
-                self.denied.remove(&shown.meeting_id);
-                self.granted.insert(shown.meeting_id.clone());
-            } else {
-                self.granted.remove(&shown.meeting_id);
-                self.denied.insert(shown.meeting_id.clone());
-            }
-        }
-        if self.denied.contains(&shown.meeting_id) {
-            return false;
-        }
-        // The stream itself made this user a manager: its own grant, and what follows it, are
-        // shown even before the copy of the grants (fed by the queue) has caught up.
-        if self.granted.contains(&shown.meeting_id) {
-            return true;
-        }
-        match grants::is_manager(&self.live.pool, &shown.meeting_id, &self.user).await {
-            Ok(manager) => manager,
-            Err(e) => {
-                tracing::warn!(error = %crate::telemetry::Chain(&e), "cannot check a manager for a live permission event; not shown");
-                false
-            }
-        }
-    }
-
-    /// Queue a frame; a full buffer means the client fell behind.
-    fn offer(&self, frame: Bytes) -> Result<(), End> {
-        self.spoke.store(true, Ordering::Relaxed);
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => End::Slow,
-            mpsc::error::TrySendError::Closed(_) => End::Gone,
-        })
-    }
-
-    /// A keep-alive: the id of the last position handled when it moved (the browser then
-    /// resumes from there, however long nothing was for it), else a comment.
-    async fn keep_alive(&mut self, source: &mut Source) -> Result<(), End> {
-        self.join_live(source).await?;
-        let moved = self.covered.filter(|c| Some(*c) != self.shown_id);
-        let frame = match moved {
-            Some(c) => {
-                self.shown_id = Some(c);
-                Bytes::from(format!("id: {c}\n\n"))
-            }
-            None => Bytes::from_static(b": keep-alive\n\n"),
-        };
-        self.offer(frame)
-    }
-
-    fn resync(&self, why: &'static str) {
-        metrics::counter!("live_resyncs_total").increment(1);
-        let _ = self.tx.try_send(resync_frame(why));
-    }
-}
-
-enum Next {
-    Item(Arc<Item>),
-    Replayed(Item),
-    Reset,
-    Lagged,
-    Ended,
-}
-
-async fn next_item(source: &mut Source) -> Next {
-    match source {
-        Source::Live(rx) => match rx.recv().await {
-            Ok(Signal::Item(item)) => Next::Item(item),
-            Ok(Signal::Reset) => Next::Reset,
-            Err(broadcast::error::RecvError::Lagged(_)) => Next::Lagged,
-            Err(broadcast::error::RecvError::Closed) => Next::Ended,
-        },
-        Source::Replay { replay, .. } => match replay.next().await {
-            Ok(Some(item)) => Next::Replayed(item),
-            Ok(None) | Err(_) => Next::Ended,
-        },
-    }
-}
-
-/// A duration drawn at random from `from` to `to`, so that many connections doing the same
-/// thing do not do it in the same instant.
-fn somewhere_between(from: Duration, to: Duration) -> Duration {
-    let fraction = f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 255.0;
-    from + to.saturating_sub(from).mul_f64(fraction)
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,10 @@ mod api;
 mod hub;
 mod page;
 mod stream;
+mod subscriber;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Extension;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ fn start(state: &AppState, intake: &CancellationToken) -> anyhow::Result<Parts> 
     let settings = state.settings.live.clone();
     let hub = Arc::new(hub::Hub::new(
         settings.memory_events,
-        settings.client_buffer * 4,
+        settings.client_buffer,
     ));
     let status = Arc::new(Status(AtomicBool::new(false)));
     let reader = tokio::spawn(stream::read(
@@ -77,11 +77,6 @@ fn start(state: &AppState, intake: &CancellationToken) -> anyhow::Result<Parts> 
         (!probe.0.load(Ordering::Relaxed)).then(|| "live stream: not attached".to_string())
     }));
     let live = Arc::new(api::Live::new(state, hub, intake.clone()));
-    let streams = crate::http::Streams {
-        prefix: "/live/meetings",
-        // Two keep-alives without taking a frame: the client is gone or stopped reading.
-        write_timeout: (state.settings.live.keepalive * 2).max(Duration::from_secs(10)),
-    };
     Ok(Parts {
         api: api::session_routes()
             .split_for_parts()
@@ -92,6 +87,5 @@ fn start(state: &AppState, intake: &CancellationToken) -> anyhow::Result<Parts> 
             .0
             .layer(Extension(live)),
         tasks: vec![reader],
-        streams: Some(streams),
     })
 }
