@@ -1,16 +1,38 @@
 //! The live benchmark: N open streams of one meeting on one live replica (a fresh process per
-//! N). What each open stream costs the replica in RSS, and how long after a request's `201`
-//! the last of the N streams has the event it caused (`agenda.item.added`).
+//! N), each on its own HTTP/1.1 connection as browsers open them, or multiplexed over h2c
+//! connections as an Envoy ingress or a mesh sidecar carries them. What each open stream
+//! costs the replica in RSS and in tasks, and how long after a request's `201` the last of
+//! the N streams has the event it caused (`agenda.item.added`).
 
 use super::*;
 
 /// The event a request causes and every stream waits for, as its SSE `event:` line.
 const MARKER: &str = "event: agenda.item.added\n";
 
+/// How the bench's readers reach the replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// One HTTP/1.1 connection per stream.
+    Http1,
+    /// HTTP/2 with prior knowledge, [`live_h2::PER_CONNECTION`] streams per connection.
+    H2c,
+}
+
+impl Transport {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Transport::Http1 => "HTTP/1.1",
+            Transport::H2c => "h2c",
+        }
+    }
+}
+
 pub(crate) struct LiveResult {
     pub(crate) streams: usize,
     /// RSS the open streams added, per stream.
     pub(crate) kb_per_stream: f64,
+    /// Runtime tasks the open streams added, per stream.
+    pub(crate) tasks_per_stream: f64,
     /// From a request's 201 to the last stream receiving its event.
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
@@ -77,35 +99,64 @@ async fn follow(
             return;
         }
     };
-    let mut seen = 0;
+    let mut markers = Markers::default();
     let mut buf = [0u8; 2048];
-    // What could be the start of a marker split across reads.
-    let mut carry = 0;
-    while seen < count {
-        let Ok(n) = socket.read(&mut buf[carry..]).await else {
+    while markers.seen < count {
+        let Ok(n) = socket.read(&mut buf).await else {
             return;
         };
         if n == 0 {
             return;
         }
-        let at = Instant::now();
-        let filled = carry + n;
-        let mut from = 0;
-        while let Some(i) = find(&buf[from..filled], MARKER.as_bytes()) {
-            seen += 1;
-            let _ = arrived.send(at);
-            from += i + MARKER.len();
-        }
-        carry = (filled - from).min(MARKER.len() - 1);
-        buf.copy_within(filled - carry..filled, 0);
+        markers.feed(&buf[..n], &arrived);
     }
     // Hold the stream until the run ends: 10,000 sockets closing as each sees the last event
     // would land on the server while it still delivers that event to the others.
     std::future::pending::<()>().await;
 }
 
+/// Counts the markers in a stream read in pieces, a marker split across two pieces included.
+#[derive(Default)]
+pub(crate) struct Markers {
+    pub(crate) seen: usize,
+    /// The end of the last piece that could be the start of a marker.
+    carry: Vec<u8>,
+}
+
+impl Markers {
+    /// Count the markers in `piece`, sending the time it arrived once per marker.
+    pub(crate) fn feed(
+        &mut self,
+        piece: &[u8],
+        arrived: &tokio::sync::mpsc::UnboundedSender<Instant>,
+    ) {
+        let at = Instant::now();
+        self.carry.extend_from_slice(piece);
+        let mut from = 0;
+        while let Some(i) = find(&self.carry[from..], MARKER.as_bytes()) {
+            self.seen += 1;
+            let _ = arrived.send(at);
+            from += i + MARKER.len();
+        }
+        let keep = (self.carry.len() - from).min(MARKER.len() - 1);
+        self.carry.drain(..self.carry.len() - keep);
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The replica's `runtime_tasks_alive` gauge.
+async fn tasks_alive(base: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("runtime_tasks_alive "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("the replica's /metrics has no runtime_tasks_alive")
 }
 
 pub(crate) async fn live(
@@ -113,6 +164,7 @@ pub(crate) async fn live(
     tag: &str,
     streams: usize,
     requests: usize,
+    transport: Transport,
 ) -> anyhow::Result<LiveResult> {
     raise_file_limit(streams)?;
     // Streams spread over viewers, each under the per-user cap (at most 10,000).
@@ -178,6 +230,7 @@ pub(crate) async fn live(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_mb = rss_mb(replica.child.id());
+    let idle_tasks = tasks_alive(&replica.base).await?;
 
     // Open the streams, a few hundred connecting at a time (the listen backlog).
     let addr: std::net::SocketAddr = replica
@@ -185,28 +238,38 @@ pub(crate) async fn live(
         .trim_start_matches("http://")
         .parse()
         .context("the replica's address")?;
-    let requests_of: Vec<Arc<[u8]>> = viewer_tokens
-        .iter()
-        .map(|token| {
-            format!(
-                "GET /live/meetings/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-            )
-            .into_bytes()
-            .into()
-        })
-        .collect();
     let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel(streams);
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(streams);
+    let h2 = match transport {
+        Transport::Http1 => Vec::new(),
+        Transport::H2c => live_h2::connect(addr, streams.div_ceil(live_h2::PER_CONNECTION)).await?,
+    };
     let mut open = 0;
     for i in 0..streams {
-        tasks.push(tokio::spawn(follow(
-            addr,
-            requests_of[i % viewers].clone(),
-            opened_tx.clone(),
-            arrived_tx.clone(),
-            requests,
-        )));
+        let token = &viewer_tokens[i % viewers];
+        tasks.push(match transport {
+            Transport::Http1 => {
+                let request = format!(
+                    "GET /live/meetings/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+                );
+                tokio::spawn(follow(
+                    addr,
+                    request.into_bytes().into(),
+                    opened_tx.clone(),
+                    arrived_tx.clone(),
+                    requests,
+                ))
+            }
+            Transport::H2c => tokio::spawn(live_h2::follow(
+                h2[i / live_h2::PER_CONNECTION].clone(),
+                format!("http://{addr}/live/meetings/{id}"),
+                format!("Bearer {token}"),
+                opened_tx.clone(),
+                arrived_tx.clone(),
+                requests,
+            )),
+        });
         if i + 1 - open >= 256 || i + 1 == streams {
             while open < i + 1 {
                 match tokio::time::timeout(Duration::from_secs(60), opened_rx.recv()).await {
@@ -239,6 +302,7 @@ pub(crate) async fn live(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let busy_mb = rss_mb(replica.child.id());
+    let busy_tasks = tasks_alive(&replica.base).await?;
     for t in &tasks {
         t.abort();
     }
@@ -247,7 +311,8 @@ pub(crate) async fn live(
 
     if std::env::var_os("BENCH_LIVE_SERIES").is_some() {
         eprintln!(
-            "live {streams}: {:?}",
+            "live {streams} ({}): {:?}",
+            transport.name(),
             to_last.iter().map(|v| *v as u32).collect::<Vec<_>>()
         );
     }
@@ -256,6 +321,7 @@ pub(crate) async fn live(
     Ok(LiveResult {
         streams,
         kb_per_stream: (busy_mb - idle_mb).max(0.0) * 1024.0 / streams as f64,
+        tasks_per_stream: (busy_tasks - idle_tasks) / streams as f64,
         p50_ms: at(0.5),
         p99_ms: at(0.99),
         max_ms: at(1.0),

@@ -3,9 +3,22 @@
 
 use std::process::Command;
 
+/// The bench binary against the test broker.
+fn bench() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bench"));
+    command
+        .env(
+            "AMQP_URL",
+            std::env::var("AMQP_URL").expect("AMQP_URL: run scripts/test.sh"),
+        )
+        .env("CONFIG_DIR", "/nonexistent")
+        .env("RUST_LOG", "warn");
+    command
+}
+
 #[test]
 fn bench_runs_every_benchmark_and_prints_its_table() {
-    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+    let out = bench()
         .args([
             "all",
             "--messages",
@@ -25,12 +38,6 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
             "--live-requests",
             "3",
         ])
-        .env(
-            "AMQP_URL",
-            std::env::var("AMQP_URL").expect("AMQP_URL: run scripts/test.sh"),
-        )
-        .env("CONFIG_DIR", "/nonexistent")
-        .env("RUST_LOG", "warn")
         .output()
         .expect("bench runs");
     let table = String::from_utf8_lossy(&out.stdout);
@@ -50,8 +57,9 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
         "RSS meeting-service",
         "RSS permission-service",
         "CPU during",
-        "live: 1 open stream(s), RSS per open stream",
-        "live: 40 stream(s), 201 → last stream",
+        "live (HTTP/1.1): 1 open stream(s), RSS per open stream",
+        "live (HTTP/1.1): 40 open stream(s), runtime tasks per open stream",
+        "live (HTTP/1.1): 40 stream(s), 201 → last stream",
     ] {
         assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
     }
@@ -62,5 +70,33 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
         ] {
             assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
         }
+    }
+}
+
+#[test]
+fn bench_live_reads_streams_multiplexed_over_h2c() {
+    let out = bench()
+        .args([
+            "live",
+            "--h2c",
+            "--live-streams",
+            "1,1200",
+            "--live-requests",
+            "3",
+        ])
+        .output()
+        .expect("bench runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "live (h2c): 1200 open stream(s), RSS per open stream",
+        "live (h2c): 1200 open stream(s), runtime tasks per open stream",
+        "live (h2c): 1200 stream(s), 201 → last stream",
+    ] {
+        assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
     }
 }
