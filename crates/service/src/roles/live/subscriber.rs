@@ -7,13 +7,14 @@
 //! the browser takes a cut stream for a finished one; the browser resumes by id.
 
 use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use serde::Serialize;
 use tokio::sync::broadcast;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::api::Live;
 use super::hub::{Attach, Item, Position, Shown, Signal};
@@ -74,7 +75,7 @@ impl Seat {
             metrics::counter!("live_streams_refused_total").increment(1);
             return Err(ApiError::TooMany(format!(
                 "{} already holds {held} open streams on this replica (LIVE_STREAMS_PER_USER); one stream follows several meetings",
-                crate::telemetry::short(user)
+                crate::text::short(user)
             )));
         }
         *held += 1;
@@ -145,6 +146,9 @@ pub(super) struct Subscriber {
     idle_at: Instant,
     /// When the stream asks for a fresh credential and ends.
     reauth_at: Instant,
+    /// Armed for the earlier of the two deadlines when it was last set; moved only when it
+    /// fires (a frame moves `idle_at` without touching the timer wheel).
+    timer: Pin<Box<Sleep>>,
     _seat: Seat,
 }
 
@@ -174,6 +178,7 @@ impl Subscriber {
             pending: VecDeque::from([Bytes::from_static(CONNECTED)]),
             idle_at,
             reauth_at,
+            timer: Box::pin(tokio::time::sleep_until(idle_at.min(reauth_at))),
             _seat: seat,
         }
     }
@@ -197,7 +202,7 @@ impl Subscriber {
                 Source::Done => return None,
                 Source::Start(resume) => {
                     let resume = *resume;
-                    self.attach(resume).await
+                    Box::pin(self.attach(resume)).await
                 }
                 _ => self.step().await,
             };
@@ -218,7 +223,7 @@ impl Subscriber {
 
     fn slow(&self) {
         metrics::counter!("live_slow_disconnects_total").increment(1);
-        tracing::info!(user = %crate::telemetry::short(&self.user), "a live stream fell behind and was ended; it resumes by id");
+        tracing::info!(user = %crate::text::short(&self.user), "a live stream fell behind and was ended; it resumes by id");
     }
 
     /// Start following the hub, or the broker's stream for an id older than the memory.
@@ -237,7 +242,9 @@ impl Subscriber {
                     return Err(End::Done);
                 };
                 metrics::counter!("live_resumes_total", "from" => "stream").increment(1);
-                self.source = self.replay(from).await.ok_or(End::Done)?;
+                // Boxed, as every rare await here: a stream's state is what it holds while it
+                // waits for the next event, not the largest thing it ever does.
+                self.source = Box::pin(self.replay(from)).await.ok_or(End::Done)?;
                 Ok(())
             }
             Attach::Resync(why) => self.resync(why),
@@ -247,24 +254,33 @@ impl Subscriber {
     /// Wait for the next thing that happens to the stream and act on it.
     async fn step(&mut self) -> Result<(), End> {
         let live = self.live.clone();
-        let idle = self.idle_at < self.reauth_at;
         tokio::select! {
             _ = live.stop.cancelled() => {
                 // Spread the reconnects of every browser of this replica over 1–5 s.
                 let spread = somewhere_between(Duration::from_secs(1), Duration::from_secs(5));
                 self.last(Bytes::from(format!("retry: {}\n: this replica is stopping\n\n", spread.as_millis())))
             }
-            _ = tokio::time::sleep_until(self.idle_at.min(self.reauth_at)) => {
-                if idle {
-                    self.keep_alive().await
-                } else {
+            _ = self.timer.as_mut() => {
+                let now = Instant::now();
+                if now >= self.reauth_at {
                     metrics::counter!("live_reauths_total").increment(1);
-                    self.last(reauth_frame())
+                    return self.last(reauth_frame());
+                }
+                let due = self.idle_at <= now;
+                if due {
+                    self.idle_at = now + live.settings.keepalive;
+                }
+                let next = self.idle_at.min(self.reauth_at);
+                self.timer.as_mut().reset(next);
+                if due {
+                    Box::pin(self.keep_alive()).await
+                } else {
+                    Ok(())
                 }
             }
             next = next_item(&mut self.source) => match next {
                 Next::Item(item) => self.handle(&item).await,
-                Next::Replayed(item) => self.replayed(item).await,
+                Next::Replayed(item) => Box::pin(self.replayed(item)).await,
                 Next::Reset => self.resync("the stream was declared anew"),
                 Next::Lagged => Err(End::Cut(Cut::FellBehind)),
                 Next::Ended => Err(End::Done),
@@ -283,7 +299,7 @@ impl Subscriber {
     async fn replay(&mut self, from: Position) -> Option<Source> {
         let live = self.live.clone();
         let permit = live.replays.clone().acquire_owned().await.ok()?;
-        match Replay::start(&live.broker, &live.settings, from.offset).await {
+        match Box::pin(Replay::start(&live.broker, &live.settings, from.offset)).await {
             Ok(replay) => Some(Source::Replay {
                 replay: Box::new(replay),
                 from,
@@ -331,7 +347,7 @@ impl Subscriber {
             if let Source::Replay { replay, .. } =
                 std::mem::replace(&mut self.source, Source::Live(rx))
             {
-                replay.close().await;
+                Box::pin(replay.close()).await;
             }
             self.send_all(backlog).await?;
         }
@@ -397,10 +413,16 @@ impl Subscriber {
         if self.granted.contains(&shown.meeting_id) {
             return true;
         }
-        match grants::is_manager(&self.live.pool, &shown.meeting_id, &self.user).await {
+        match Box::pin(grants::is_manager(
+            &self.live.pool,
+            &shown.meeting_id,
+            &self.user,
+        ))
+        .await
+        {
             Ok(manager) => manager,
             Err(e) => {
-                tracing::warn!(error = %crate::telemetry::Chain(&e), "cannot check a manager for a live permission event; not shown");
+                tracing::warn!(error = %crate::text::Chain(&e), "cannot check a manager for a live permission event; not shown");
                 false
             }
         }
@@ -462,7 +484,7 @@ async fn next_item(source: &mut Source) -> Next {
             Err(broadcast::error::RecvError::Lagged(_)) => Next::Lagged,
             Err(broadcast::error::RecvError::Closed) => Next::Ended,
         },
-        Source::Replay { replay, .. } => match replay.next().await {
+        Source::Replay { replay, .. } => match Box::pin(replay.next()).await {
             Ok(Some(item)) => Next::Replayed(item),
             Ok(None) | Err(_) => Next::Lost,
         },
