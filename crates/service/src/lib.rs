@@ -11,8 +11,6 @@
 
 pub mod config;
 pub mod domain;
-pub mod envelope;
-pub mod events;
 mod http;
 pub mod messaging;
 pub mod roles;
@@ -20,10 +18,13 @@ pub mod shutdown;
 mod store;
 pub mod system;
 pub mod telemetry;
+pub mod text;
 pub mod trace;
+pub mod wire;
 
 pub use config::Settings;
 pub use system::Role;
+pub use wire::{envelope, events};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

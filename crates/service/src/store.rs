@@ -17,31 +17,14 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Database, Decode, Encode, Transaction, Type};
 
-/// Which database a store runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    Sqlite,
-    Postgres,
-}
+pub(crate) use crate::config::Dialect;
 
-impl Dialect {
-    /// The dialect a `DATABASE_URL` selects, by its scheme.
-    pub(crate) fn of_url(url: &str) -> Option<Self> {
-        if url.starts_with("sqlite:") {
-            Some(Dialect::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Some(Dialect::Postgres)
-        } else {
-            None
-        }
-    }
-
-    fn of_connection(conn: &AnyConnection) -> Self {
-        if conn.backend_name().eq_ignore_ascii_case("postgresql") {
-            Dialect::Postgres
-        } else {
-            Dialect::Sqlite
-        }
+/// The dialect of an open connection.
+fn dialect_of(conn: &AnyConnection) -> Dialect {
+    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        Dialect::Postgres
+    } else {
+        Dialect::Sqlite
     }
 }
 
@@ -142,7 +125,7 @@ impl Store {
             .after_release(|conn, _| Box::pin(left_in_transaction(conn)))
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    if Dialect::of_connection(conn) == Dialect::Sqlite {
+                    if dialect_of(conn) == Dialect::Sqlite {
                         // WAL lets readers run beside the one writer; NORMAL sync in WAL
                         // keeps every commit across a process crash (only an OS crash can
                         // lose the tail).
@@ -163,7 +146,7 @@ impl Store {
             .map_err(|e| {
                 anyhow::anyhow!(
                     "DATABASE_URL: cannot open the store: {}",
-                    crate::telemetry::Chain(&e)
+                    crate::text::Chain(&e)
                 )
             })?;
         let store = Self { pool, dialect, url };
@@ -294,7 +277,7 @@ fn sqlite_url(url: &str) -> anyhow::Result<String> {
 /// serialises writers): appended to a `SELECT` that reads a row the transaction will change
 /// or whose children it will change, so concurrent writers on other replicas queue on it.
 pub(crate) fn for_update(conn: &AnyConnection) -> &'static str {
-    match Dialect::of_connection(conn) {
+    match dialect_of(conn) {
         Dialect::Postgres => " FOR UPDATE",
         Dialect::Sqlite => "",
     }
@@ -303,7 +286,7 @@ pub(crate) fn for_update(conn: &AnyConnection) -> &'static str {
 /// ` FOR SHARE` on PostgreSQL, nothing on SQLite: for a row whose state must not change
 /// until the transaction commits, while others may read it the same way.
 pub(crate) fn for_share(conn: &AnyConnection) -> &'static str {
-    match Dialect::of_connection(conn) {
+    match dialect_of(conn) {
         Dialect::Postgres => " FOR SHARE",
         Dialect::Sqlite => "",
     }

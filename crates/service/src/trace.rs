@@ -16,7 +16,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lapin::BasicProperties;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
@@ -349,32 +348,6 @@ impl Carrier {
         TraceContextPropagator::new().extract(self)
     }
 
-    /// The values as an AMQP message carries them, read from its `headers` table.
-    pub fn from_amqp(props: &BasicProperties) -> Self {
-        let text = |key: &str| crate::messaging::headers::text(props, key);
-        Self {
-            traceparent: text(TRACEPARENT),
-            tracestate: text(TRACESTATE),
-        }
-    }
-
-    /// `props` with these values in its `headers` table (others kept; missing ones removed).
-    pub fn onto_amqp(&self, props: BasicProperties) -> BasicProperties {
-        use crate::messaging::headers;
-        let mut set = Vec::new();
-        let mut cleared = Vec::new();
-        for (key, value) in [
-            (TRACEPARENT, &self.traceparent),
-            (TRACESTATE, &self.tracestate),
-        ] {
-            match value {
-                Some(v) => set.push((key, headers::text_value(v))),
-                None => cleared.push(key),
-            }
-        }
-        headers::with_headers(&headers::without_headers(&props, &cleared), &set)
-    }
-
     /// The values as HTTP headers carry them.
     pub(crate) fn from_http(headers: &axum::http::HeaderMap) -> Self {
         let text = |key: &str| {
@@ -408,18 +381,13 @@ pub(crate) fn start(span: &Span, parent: Option<&Context>, link: bool) {
     record_ids(span);
 }
 
-/// The span of replaying a parked message from the dead-letter queue to `queue`: the root of
-/// a **new** trace that links to the message's original context, and the message's properties
-/// carrying that new context instead. Keep the span alive until the publish is confirmed.
-pub fn replay(props: &BasicProperties, queue: &str) -> (Span, BasicProperties) {
+/// The span of replaying a parked message (`event_id`) from the dead-letter queue to
+/// `queue`: the root of a **new** trace that links to the message's `original` context.
+/// Keep the span alive until the publish is confirmed.
+pub fn replay_span(event_id: String, queue: &str, original: &Context) -> Span {
     if !enabled() {
-        return (Span::none(), props.clone());
+        return Span::none();
     }
-    let event_id = props
-        .message_id()
-        .as_ref()
-        .map(|s| s.to_string())
-        .unwrap_or_default();
     let span = tracing::info_span!(target: TARGET, "replay",
         otel.name = %format_args!("send {queue}"), otel.kind = "producer",
         trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
@@ -433,10 +401,8 @@ pub fn replay(props: &BasicProperties, queue: &str) -> (Span, BasicProperties) {
             (attr::MESSAGE_ID, event_id),
         ],
     );
-    let original = Carrier::from_amqp(props).context();
     start_linked(&span, original.span().span_context());
-    let props = Carrier::of(&span).onto_amqp(props.clone());
-    (span, props)
+    span
 }
 
 /// Start `span` as the root of a new trace that links to `linked`.
@@ -596,23 +562,5 @@ mod tests {
             .resource
             .iter()
             .any(|kv| kv.key.as_str() == "team" && kv.value.as_str() == "a b"));
-    }
-
-    #[test]
-    fn a_context_reads_back_from_amqp_headers_unchanged_even_unsampled() {
-        let carrier = Carrier {
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00".into()),
-            tracestate: Some("vendor=x".into()),
-        };
-        let props = carrier.onto_amqp(BasicProperties::default());
-        assert_eq!(Carrier::from_amqp(&props), carrier);
-        let cx = carrier.context();
-        let sc = cx.span().span_context().clone();
-        assert!(sc.is_valid() && !sc.is_sampled());
-        let mut again = Carrier::default();
-        TraceContextPropagator::new().inject_context(&cx, &mut again);
-        assert_eq!(again, carrier);
-        let cleared = Carrier::default().onto_amqp(props);
-        assert_eq!(Carrier::from_amqp(&cleared), Carrier::default());
     }
 }

@@ -2,7 +2,7 @@
 //! a three-node RabbitMQ cluster with quorum queues. A bounded stream of API requests runs
 //! while a broker node or a replica is killed and brought back; afterwards every 2xx's
 //! events are applied exactly once, the outboxes and dead-letter queues are empty, and the
-//! publishes are counted beside the events (README, "Scaling out").
+//! publishes are counted beside the events (docs/scaling.md).
 
 use std::collections::HashMap;
 use std::process::Child;

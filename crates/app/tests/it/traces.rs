@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use lapin::BasicProperties;
+use meeting_events::messaging::AmqpCarrier as _;
 use meeting_events::trace::Carrier;
 use serde_json::json;
 

@@ -59,33 +59,10 @@ pub struct MqSettings {
 }
 
 impl MqSettings {
-    /// Whether `user` may publish `event_type` here: always in `open` mode; in `strict`
-    /// mode only a broker user of a role the catalogue names as its producer.
-    pub fn trusts(&self, event_type: crate::events::EventType, user: Option<&str>) -> bool {
-        match self.trust {
-            Trust::Open => true,
-            Trust::Strict => user.is_some_and(|user| {
-                event_type.producers().any(|role| {
-                    self.producers
-                        .iter()
-                        .any(|(r, u)| r == role.name && u == user)
-                })
-            }),
-        }
-    }
-
     /// The exchange only `user` may write to, bound into the shared one for the routing keys
     /// of the roles it produces for (docs/architecture.md §10).
     pub fn ingress_exchange(&self, user: &str) -> String {
         format!("{}.from.{user}", self.exchange)
-    }
-
-    /// The ingress producer whose exchange a message was first published to, if any.
-    pub fn ingress_sender(&self, exchange: &str) -> Option<&str> {
-        self.ingress
-            .iter()
-            .find(|user| self.ingress_exchange(user) == exchange)
-            .map(String::as_str)
     }
 }
 

@@ -177,7 +177,7 @@ pub(super) fn from_raw(role: Role, raw: &HashMap<String, String>) -> Result<Sett
             )
         })?;
     let database_url = non_empty("DATABASE_URL")?;
-    if crate::store::Dialect::of_url(&database_url).is_none() {
+    if Dialect::of_url(&database_url).is_none() {
         return Err(ConfigError::new(
             "DATABASE_URL",
             "must be a sqlite: or postgres:// URL, e.g. sqlite://data/meeting.db",

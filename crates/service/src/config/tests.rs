@@ -102,7 +102,11 @@ fn the_amqp_password_never_shows() {
 fn strict_mode_believes_only_each_events_producers() {
     use crate::events::EventType;
     let open = load(&[]).unwrap();
-    assert!(open.mq.trusts(EventType::PermissionGranted, None));
+    assert!(crate::messaging::trust::trusts(
+        &open.mq,
+        EventType::PermissionGranted,
+        None
+    ));
     let strict = load(&[
         ("MQ_TRUST", "strict"),
         (
@@ -112,21 +116,34 @@ fn strict_mode_believes_only_each_events_producers() {
     ])
     .unwrap();
     let t = EventType::PermissionGranted;
-    assert!(strict.mq.trusts(t, Some("perm-user")));
+    assert!(crate::messaging::trust::trusts(
+        &strict.mq,
+        t,
+        Some("perm-user")
+    ));
     assert!(
-        strict.mq.trusts(t, Some("py-helper")),
+        crate::messaging::trust::trusts(&strict.mq, t, Some("py-helper")),
         "a role listed twice"
     );
     assert!(
-        !strict.mq.trusts(t, Some("meet-user")),
+        !crate::messaging::trust::trusts(&strict.mq, t, Some("meet-user")),
         "meeting does not publish grants"
     );
-    assert!(!strict.mq.trusts(t, None), "no user_id, no trust");
-    assert!(strict
-        .mq
-        .trusts(EventType::MeetingCreated, Some("meet-user")));
+    assert!(
+        !crate::messaging::trust::trusts(&strict.mq, t, None),
+        "no user_id, no trust"
+    );
+    assert!(crate::messaging::trust::trusts(
+        &strict.mq,
+        EventType::MeetingCreated,
+        Some("meet-user")
+    ));
     let defaults = load(&[("MQ_TRUST", "strict")]).unwrap();
-    assert!(defaults.mq.trusts(t, Some("permission-service")));
+    assert!(crate::messaging::trust::trusts(
+        &defaults.mq,
+        t,
+        Some("permission-service")
+    ));
     assert_eq!(
         load(&[("MQ_PRODUCERS", "treasury=x")])
             .unwrap_err()
@@ -148,11 +165,17 @@ fn an_ingress_producer_is_known_by_its_own_exchange() {
         "events.from.py-meeting"
     );
     assert_eq!(
-        s.mq.ingress_sender("events.from.py-meeting"),
+        crate::messaging::trust::ingress_sender(&s.mq, "events.from.py-meeting"),
         Some("py-meeting")
     );
-    assert_eq!(s.mq.ingress_sender("events"), None);
-    assert_eq!(s.mq.ingress_sender("events.from.meeting-service"), None);
+    assert_eq!(
+        crate::messaging::trust::ingress_sender(&s.mq, "events"),
+        None
+    );
+    assert_eq!(
+        crate::messaging::trust::ingress_sender(&s.mq, "events.from.meeting-service"),
+        None
+    );
     let not_a_producer = load(&[("MQ_INGRESS", "stranger")]).unwrap_err();
     assert_eq!(not_a_producer.variable, "MQ_INGRESS");
     let unnamable = load(&[
@@ -245,11 +268,11 @@ fn every_default_parses() {
 }
 
 #[test]
-fn the_readme_table_is_the_generated_one() {
-    let readme = include_str!("../../../../README.md");
+fn the_documented_table_is_the_generated_one() {
+    let doc = include_str!("../../../../docs/configuration.md");
     let table = markdown_table();
     assert!(
-        readme.contains(&table),
-        "README.md's configuration table is out of date; replace it with:\n{table}"
+        doc.contains(&table),
+        "docs/configuration.md's table is out of date; replace it with:\n{table}"
     );
 }

@@ -1,5 +1,5 @@
 //! The variable table: each configuration variable's name, meaning and default, written
-//! once; `--help` and the README's table are made from it.
+//! once; `--help` and docs/configuration.md's table are made from it.
 
 use super::*;
 
@@ -31,7 +31,7 @@ pub enum Scope {
 }
 
 /// One configuration variable: the single place its name, meaning and default are written.
-/// The loader, `--help` and the README's table are all made from [`VARIABLES`].
+/// The loader, `--help` and docs/configuration.md's table are all made from [`VARIABLES`].
 pub struct Variable {
     pub name: &'static str,
     pub help: &'static str,
@@ -402,7 +402,7 @@ pub fn help() -> String {
     out
 }
 
-/// The variables as the README's Markdown table.
+/// The variables as docs/configuration.md's Markdown table.
 pub fn markdown_table() -> String {
     let mut out = String::from("| variable | meaning | default |\n|---|---|---|\n");
     for v in VARIABLES {

@@ -65,7 +65,7 @@ pub(crate) struct ErrorBody {
     pub(crate) message: String,
 }
 
-/// The stable error codes of the JSON error body (README, "HTTP APIs").
+/// The stable error codes of the JSON error body (docs/http-api.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ErrorCode {
@@ -148,11 +148,11 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::Store(_) if lost_race => {}
             ApiError::Store(e) if unavailable => {
-                tracing::warn!(cause = %crate::telemetry::Chain(e), "request refused: the store is not answering")
+                tracing::warn!(cause = %crate::text::Chain(e), "request refused: the store is not answering")
             }
             ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
             ApiError::Store(e) => {
-                tracing::error!(cause = %crate::telemetry::Chain(e), "request failed: store")
+                tracing::error!(cause = %crate::text::Chain(e), "request failed: store")
             }
             _ => {}
         }
@@ -190,7 +190,7 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        let text = crate::telemetry::short(&r.body_text());
+        let text = crate::text::short(&r.body_text());
         match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(text),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
@@ -203,13 +203,13 @@ impl From<JsonRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        ApiError::BadRequest(crate::telemetry::short(&r.body_text()))
+        ApiError::BadRequest(crate::text::short(&r.body_text()))
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        ApiError::BadRequest(crate::telemetry::short(&r.body_text()))
+        ApiError::BadRequest(crate::text::short(&r.body_text()))
     }
 }
 
@@ -239,7 +239,7 @@ where
             ));
         }
         serde_json::from_value(value).map(ApiJson).map_err(|e| {
-            ApiError::BadRequest(crate::telemetry::short(&format!(
+            ApiError::BadRequest(crate::text::short(&format!(
                 "the JSON body does not fit: {e}"
             )))
         })

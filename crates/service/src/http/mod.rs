@@ -189,7 +189,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     .await;
     match store {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => reasons.push(format!("store: {}", crate::telemetry::Chain(&e))),
+        Ok(Err(e)) => reasons.push(format!("store: {}", crate::text::Chain(&e))),
         Err(_) => reasons.push("store: no answer within 2s".to_string()),
     }
     let trust = state.broker.settings().trust.as_str();

@@ -29,7 +29,7 @@ use crate::messaging::publisher::{self, Published};
 use crate::messaging::watchdog::{connection_state, monitor, Detached, Lost, Progress};
 use crate::messaging::{headers, inbox, topology, Broker, Session};
 use crate::store::{is_retryable, race_backoff, RACE_RETRIES};
-use crate::telemetry::{short, Chain};
+use crate::text::{short, Chain};
 
 /// The longest wait between two probes of a store that is out.
 const MAX_PAUSE: Duration = Duration::from_secs(2);
@@ -380,7 +380,7 @@ impl Consumer {
         crate::trace::set(&span, &attributes);
         crate::trace::set_int(&span, attr::DELIVERY_TAG, delivery.delivery_tag as i64);
         crate::trace::set_int(&span, attr::ATTEMPT, attempt as i64);
-        let parent = crate::trace::Carrier::from_amqp(props).context();
+        let parent = <crate::trace::Carrier as super::AmqpCarrier>::from_amqp(props).context();
         crate::trace::start(&span, Some(&parent), true);
         span
     }
@@ -440,7 +440,7 @@ impl Consumer {
     fn trusted(&self, delivery: &Delivery, event: &Event, label: &str) -> Result<(), String> {
         let mq = self.broker.settings();
         let sender = headers::sender(mq, delivery.exchange.as_str(), &delivery.properties);
-        if mq.trusts(event.event_type(), sender.as_deref()) {
+        if super::trust::trusts(mq, event.event_type(), sender.as_deref()) {
             return Ok(());
         }
         Err(format!(
@@ -666,7 +666,7 @@ impl Consumer {
                     Recorded::Conflict => {
                         return Err(HandleError::Conflict(format!(
                             "event {} was applied before with another body",
-                            crate::telemetry::short(&envelope.event_id)
+                            crate::text::short(&envelope.event_id)
                         )))
                     }
                 }

@@ -37,7 +37,8 @@ pub fn producer_user(props: &BasicProperties, own_user: &str) -> Option<String> 
 /// ([`producer_user`]), or, unstamped, the producer whose ingress exchange it was first
 /// published to (only that producer may write there; docs/architecture.md §10).
 pub fn sender(mq: &MqSettings, exchange: &str, props: &BasicProperties) -> Option<String> {
-    producer_user(props, mq.url.user()).or_else(|| mq.ingress_sender(exchange).map(String::from))
+    producer_user(props, mq.url.user())
+        .or_else(|| super::trust::ingress_sender(mq, exchange).map(String::from))
 }
 
 /// The properties for moving a message first published by `first` as `own_user`:

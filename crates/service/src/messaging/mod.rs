@@ -10,9 +10,12 @@ pub(crate) mod inbox;
 pub(crate) mod outbox;
 pub mod publisher;
 pub mod topology;
+pub mod trace_carrier;
+pub mod trust;
 pub(crate) mod watchdog;
 
 pub(crate) use connection::{Broker, Session};
 pub(crate) use consumer::{EventHandler, HandleError, HandlerResult};
 pub(crate) use outbox::{Outbox, Work};
 pub use publisher::unix_seconds;
+pub use trace_carrier::AmqpCarrier;

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::AmqpCarrier as _;
 use crate::envelope::Envelope;
 use crate::events::Event;
 use crate::messaging::publisher::{self, Published};
@@ -416,7 +417,7 @@ pub(crate) async fn run_relay(
                     batch.fetched == limit as usize || probing > 0
                 }
                 Err(e) => {
-                    tracing::warn!(service, error = %crate::telemetry::Chain(&e), "outbox relay paused");
+                    tracing::warn!(service, error = %crate::text::Chain(&e), "outbox relay paused");
                     false
                 }
             };

@@ -116,7 +116,7 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
         let first = headers::producer_user(&m.delivery.properties, user);
         let props = headers::moved_by(&props, user, first.as_deref());
         // A replay starts a new trace, linked to the one the message was parked in.
-        let (span, props) = meeting_events::trace::replay(&props, service);
+        let (span, props) = meeting_events::messaging::trace_carrier::replay(&props, service);
         let confirm = publisher::send(&ch, "", service, &m.delivery.data, props).await?;
         let confirmed = publisher::confirmed(confirm).await?;
         drop(span);

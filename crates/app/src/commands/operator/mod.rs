@@ -16,7 +16,7 @@ use meeting_events::envelope::{now_rfc3339, Envelope, EVENT_VERSION};
 use meeting_events::messaging::headers;
 use meeting_events::messaging::publisher::{self, Published};
 use meeting_events::messaging::topology;
-use meeting_events::telemetry::short;
+use meeting_events::text::short;
 use meeting_events::Role;
 
 use super::Failure;

@@ -139,14 +139,14 @@ fn check_tally(candidates: &[String], v: &VotingCompleted) -> Result<(), String>
         let stray: Vec<&str> = options.difference(&expected).copied().take(5).collect();
         return Err(format!(
             "the tally of ballot {} does not count this election's candidates (not candidates: {stray:?})",
-            crate::telemetry::short(&v.ballot_id)
+            crate::text::short(&v.ballot_id)
         ));
     }
     let sum = votes_counted(&v.tally);
     if sum != v.votes_cast {
         return Err(format!(
             "ballot {} says {} votes were cast but its tally counts {sum}",
-            crate::telemetry::short(&v.ballot_id),
+            crate::text::short(&v.ballot_id),
             v.votes_cast
         ));
     }

@@ -39,9 +39,9 @@ pub(crate) async fn apply(
     match last {
         Some(last) if !is_newer(version, last) => Err(HandleError::Reject(format!(
             "stale: version {version} of {}'s {} on meeting {} is not newer than version {last}, already applied",
-            crate::telemetry::short(&change.user_id),
+            crate::text::short(&change.user_id),
             change.role,
-            crate::telemetry::short(&change.meeting_id),
+            crate::text::short(&change.meeting_id),
         ))),
         _ => {
             sqlx::query(
@@ -106,8 +106,8 @@ pub(crate) async fn require_manager(
     } else {
         Err(ApiError::Forbidden(format!(
             "{} is not a manager of meeting {}",
-            crate::telemetry::short(user),
-            crate::telemetry::short(meeting_id)
+            crate::text::short(user),
+            crate::text::short(meeting_id)
         )))
     }
 }

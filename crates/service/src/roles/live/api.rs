@@ -354,7 +354,7 @@ fn check_meetings(ids: Vec<String>) -> Result<HashSet<String>, ApiError> {
         if id.len() > 100 || id.chars().any(char::is_control) {
             return Err(ApiError::Invalid(format!(
                 "{:?} is not a meeting id",
-                crate::telemetry::short(id)
+                crate::text::short(id)
             )));
         }
     }

@@ -130,7 +130,7 @@ fn offset_of(delivery: &Delivery) -> Option<u64> {
 fn item(mq: &MqSettings, offset: u64, delivery: &Delivery) -> Item {
     let sender = headers::sender(mq, delivery.exchange.as_str(), &delivery.properties);
     Item::new(offset, &delivery.data, |event| {
-        mq.trusts(event.event_type(), sender.as_deref())
+        crate::messaging::trust::trusts(mq, event.event_type(), sender.as_deref())
     })
 }
 

@@ -79,7 +79,7 @@ fn check_result(item: &AgendaItem, done: &ElectionFinalized) -> Result<bool, Str
             done.winners
                 .iter()
                 .take(5)
-                .map(|w| crate::telemetry::short(w))
+                .map(|w| crate::text::short(w))
                 .collect::<Vec<_>>()
         ));
     }

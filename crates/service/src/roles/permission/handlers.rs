@@ -23,7 +23,7 @@ pub(super) async fn handle(tx: &mut Work, envelope: &Envelope, event: Event) -> 
         } else {
             Err(HandleError::Reject(format!(
                 "meeting {} is known already, with another creator; nobody is granted anything",
-                crate::telemetry::short(&m.meeting_id)
+                crate::text::short(&m.meeting_id)
             )))
         };
     }

@@ -177,12 +177,12 @@ async fn vote(
     if !b.options.0.contains(&body.choice) {
         return Err(ApiError::Invalid(format!(
             "{:?} is not an option of ballot {id}: {:?}",
-            crate::telemetry::short(&body.choice),
+            crate::text::short(&body.choice),
             b.options
                 .0
                 .iter()
                 .take(10)
-                .map(|o| crate::telemetry::short(o))
+                .map(|o| crate::text::short(o))
                 .collect::<Vec<_>>()
         )));
     }
