@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 mod http;
 pub mod messaging;
+mod metric;
 pub mod roles;
 pub mod shutdown;
 mod store;

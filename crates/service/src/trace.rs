@@ -272,14 +272,14 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
         let result = self.inner.export(batch).await;
         match &result {
             Ok(()) => {
-                metrics::counter!("trace_spans_exported_total").increment(n);
+                crate::metric::trace_spans_exported_total().increment(n);
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(endpoint = %self.endpoint, "the trace collector takes spans again");
                 }
             }
             Err(e) => {
-                metrics::counter!("trace_export_failures_total").increment(1);
-                metrics::counter!("trace_spans_dropped_total").increment(n);
+                crate::metric::trace_export_failures_total().increment(1);
+                crate::metric::trace_spans_dropped_total().increment(n);
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(endpoint = %self.endpoint, error = %e, "cannot export spans to the trace collector; they are dropped (counted in trace_spans_dropped_total) until it answers");
                 }

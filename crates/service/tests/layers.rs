@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// The floors, bottom first. A module may import from any floor below its own, never from
 /// its own floor's other modules or from above.
 const FLOORS: &[&[&str]] = &[
-    &["text", "domain"],
+    &["text", "domain", "metric"],
     &["wire"],
     &["system"],
     &["config"],

@@ -223,7 +223,7 @@ async fn metrics() -> Response {
     let tasks = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
-    metrics::gauge!("runtime_tasks_alive").set(tasks as f64);
+    crate::metric::runtime_tasks_alive().set(tasks as f64);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -264,8 +264,8 @@ async fn track_requests(State(state): State<AppState>, request: Request, next: N
     }
     let status = response.status().as_u16().to_string();
     let service = state.service.to_string();
-    metrics::counter!("http_requests_total", "service" => service.clone(), "method" => method, "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("http_request_duration_seconds", "service" => service, "method" => method, "route" => route)
+    crate::metric::http_requests_total(service.clone(), method, route.clone(), status).increment(1);
+    crate::metric::http_request_duration_seconds(service, method, route)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -112,8 +112,11 @@ impl Broker {
             }
             _ => return,
         }
-        metrics::gauge!("broker_blocked", "service" => mq.service_name.clone())
-            .set(if blocked.is_some() { 1.0 } else { 0.0 });
+        crate::metric::broker_blocked(mq.service_name.clone()).set(if blocked.is_some() {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     pub(crate) fn settings(&self) -> &MqSettings {
@@ -169,8 +172,7 @@ impl Broker {
     }
 
     fn consumer_gauge(&self, value: f64) {
-        metrics::gauge!("consumer_attached", "service" => self.inner.mq.service_name.clone())
-            .set(value);
+        crate::metric::consumer_attached(self.inner.mq.service_name.clone()).set(value);
     }
 
     fn lock_consumer(&self) -> std::sync::MutexGuard<'_, Attachment> {
@@ -193,14 +195,12 @@ impl Broker {
         if let Some(session) = self.inner.session.send_replace(None) {
             close_quietly(&session.connection, 200, "shutdown").await;
         }
-        metrics::gauge!("broker_connected", "service" => self.inner.mq.service_name.clone())
-            .set(0.0);
+        crate::metric::broker_connected(self.inner.mq.service_name.clone()).set(0.0);
     }
 
     async fn supervise(self, shutdown: CancellationToken) {
         let mq = &self.inner.mq;
-        let connected_gauge =
-            metrics::gauge!("broker_connected", "service" => mq.service_name.clone());
+        let connected_gauge = crate::metric::broker_connected(mq.service_name.clone());
         connected_gauge.set(0.0);
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -344,7 +344,7 @@ impl Broker {
         let mq = &self.inner.mq;
         let dlq = topology::dead_letter_queue(&mq.queue);
         if let Ok((messages, _)) = topology::inspect_queue(&session.connection, &dlq).await {
-            metrics::gauge!("dead_letter_queue_messages", "service" => mq.service_name.clone(), "queue" => dlq)
+            crate::metric::dead_letter_queue_messages(mq.service_name.clone(), dlq)
                 .set(messages as f64);
         }
     }

@@ -168,7 +168,8 @@ impl Consumer {
         let mq = self.broker.settings();
         self.broker
             .consumer_detached(&format!("{} ({})", lost.detail, lost.reason.label()));
-        metrics::counter!("consumer_restarts_total", "service" => mq.service_name.clone(), "reason" => lost.reason.label()).increment(1);
+        crate::metric::consumer_restarts_total(mq.service_name.clone(), lost.reason.label())
+            .increment(1);
         tracing::warn!(service = %mq.service_name, session = session.id, reason = lost.reason.label(), detail = %lost.detail,
             connection = connection_state(&session.connection), "consumer detached; replacing it");
     }
@@ -418,7 +419,7 @@ impl Consumer {
             let service = &self.broker.settings().service_name;
             let started = Instant::now();
             let outcome = self.apply(&envelope, event, progress).await;
-            metrics::histogram!("event_handler_duration_seconds", "service" => service.clone(), "event_type" => label)
+            crate::metric::event_handler_duration_seconds(service.clone(), label)
                 .record(started.elapsed().as_secs_f64());
             let (handled, detail) = match outcome {
                 Ok(applied) => {
@@ -426,7 +427,7 @@ impl Consumer {
                     (Handled::Done, String::new())
                 }
                 Err(e) => {
-                    metrics::counter!("events_failed_total", "service" => service.clone(), "event_type" => label).increment(1);
+                    crate::metric::events_failed_total(service.clone(), label).increment(1);
                     (e.handled(), Chain(&e).to_string())
                 }
             };
@@ -480,7 +481,7 @@ impl Consumer {
                 );
                 let wait_queue = topology::retry_queue(&mq.queue, delay);
                 self.forward(session, delivery, &wait_queue, props).await?;
-                metrics::counter!("events_retried_total", "service" => mq.service_name.clone(), "event_type" => label).increment(1);
+                crate::metric::events_retried_total(mq.service_name.clone(), label).increment(1);
                 Ok(())
             }
             Decision::Park { reason, attempts } => {
@@ -537,7 +538,8 @@ impl Consumer {
                 let each = started.elapsed().as_secs_f64() / ready.len().max(1) as f64;
                 for ((delivery, envelope, _, span), applied) in ready.iter().zip(outcomes) {
                     let label = type_label(&envelope.event_type);
-                    metrics::histogram!("event_handler_duration_seconds", "service" => service.clone(), "event_type" => label).record(each);
+                    crate::metric::event_handler_duration_seconds(service.clone(), label)
+                        .record(each);
                     async {
                         self.record_applied(envelope, label, &applied);
                         delivery.ack(BasicAckOptions::default()).await
@@ -567,7 +569,12 @@ impl Consumer {
                 "duplicate"
             }
         };
-        metrics::counter!("events_consumed_total", "service" => self.broker.settings().service_name.clone(), "event_type" => label, "outcome" => outcome).increment(1);
+        crate::metric::events_consumed_total(
+            self.broker.settings().service_name.clone(),
+            label,
+            outcome,
+        )
+        .increment(1);
     }
 
     async fn apply(
@@ -627,7 +634,7 @@ impl Consumer {
         if previous.is_none() {
             tracing::warn!(service = %service, error = %Chain(error), "the store cannot be reached or written; the consumer holds its deliveries until it can (no retry is spent)");
         }
-        let paused = metrics::gauge!("consumer_paused", "service" => service.clone());
+        let paused = crate::metric::consumer_paused(service.clone());
         paused.set(1.0);
         let started = Instant::now();
         let mut wait = previous.map_or(Duration::from_millis(200), |w| (w * 2).min(MAX_PAUSE));
@@ -731,7 +738,8 @@ impl Consumer {
             reason.label(),
             format!("parked: {reason}: {}", short(detail)),
         );
-        metrics::counter!("events_parked_total", "service" => mq.service_name.clone(), "event_type" => label, "reason" => reason.label()).increment(1);
+        crate::metric::events_parked_total(mq.service_name.clone(), label, reason.label())
+            .increment(1);
         Ok(())
     }
 

@@ -460,11 +460,11 @@ async fn record_backlog(pool: &AnyPool, service: &str) {
             .fetch_one(pool)
             .await;
     if let Ok(n) = aside {
-        metrics::gauge!("outbox_set_aside", "service" => service.to_string()).set(n as f64);
+        crate::metric::outbox_set_aside(service.to_string()).set(n as f64);
     }
     if let Ok((count, age)) = backlog(pool).await {
-        metrics::gauge!("outbox_backlog", "service" => service.to_string()).set(count as f64);
-        metrics::gauge!("outbox_oldest_age_seconds", "service" => service.to_string()).set(age);
+        crate::metric::outbox_backlog(service.to_string()).set(count as f64);
+        crate::metric::outbox_oldest_age_seconds(service.to_string()).set(age);
     }
 }
 
@@ -593,13 +593,18 @@ async fn relay_batch(
     for (row, result) in rows_sent.into_iter().zip(results) {
         match result {
             Ok(Published::Routed) => {
-                metrics::counter!("events_published_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
+                crate::metric::events_published_total(row.producer.clone(), row.event_type.clone())
+                    .increment(1);
                 tracing::debug!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), "event published");
                 done.push(row.seq);
             }
             Ok(Published::Unroutable(why)) => {
                 tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), reason = %why, "no queue is bound for this event yet; it stays in the outbox");
-                metrics::counter!("events_unroutable_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
+                crate::metric::events_unroutable_total(
+                    row.producer.clone(),
+                    row.event_type.clone(),
+                )
+                .increment(1);
                 unroutable.push(row.seq);
             }
             Err(e) if refusal(&e).is_some() => {
@@ -632,7 +637,8 @@ async fn relay_batch(
     let set_aside = aside.is_some();
     if let Some((row, why)) = &aside {
         tracing::error!(event_id = %row.event_id, event_type = %row.event_type, reason = %why, "the broker refuses this event for good; it is set aside in the outbox and the rows behind it go on");
-        metrics::counter!("events_set_aside_total", "service" => row.producer.clone(), "event_type" => row.event_type.clone()).increment(1);
+        crate::metric::events_set_aside_total(row.producer.clone(), row.event_type.clone())
+            .increment(1);
         sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = $1, last_error = $2 WHERE seq = $3",
         )

@@ -224,8 +224,7 @@ pub(crate) async fn monitor(
                 );
             }
             Verdict::Stalled { ready, idle } => {
-                metrics::counter!("consumer_stalls_total", "service" => mq.service_name.clone())
-                    .increment(1);
+                crate::metric::consumer_stalls_total(mq.service_name.clone()).increment(1);
                 return Lost::new(
                     Detached::Stalled,
                     format!("{ready} messages ready on the queue and nothing received or settled for {:.0}s", idle.as_secs_f64()),

@@ -53,7 +53,7 @@ pub(super) struct Status(AtomicBool);
 impl Status {
     fn attached(&self, yes: bool) {
         self.0.store(yes, Ordering::Relaxed);
-        metrics::gauge!("live_stream_attached").set(if yes { 1.0 } else { 0.0 });
+        crate::metric::live_stream_attached().set(if yes { 1.0 } else { 0.0 });
     }
 }
 

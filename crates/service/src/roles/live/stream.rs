@@ -168,7 +168,7 @@ pub(super) async fn read(
                 if let Some(offset) = offset_of(&delivery) {
                     let item = item(&mq, offset, &delivery);
                     record_lag(&delivery);
-                    metrics::gauge!("live_stream_offset").set(offset as f64);
+                    crate::metric::live_stream_offset().set(offset as f64);
                     hub.push(item);
                 } else {
                     tracing::warn!(
@@ -204,7 +204,7 @@ pub(super) async fn read(
 fn record_lag(delivery: &Delivery) {
     if let Some(sent) = delivery.properties.timestamp() {
         let now = crate::messaging::unix_seconds();
-        metrics::gauge!("live_stream_lag_seconds").set(now.saturating_sub(*sent) as f64);
+        crate::metric::live_stream_lag_seconds().set(now.saturating_sub(*sent) as f64);
     }
 }
 
@@ -259,6 +259,6 @@ impl Replay {
 
     pub(super) async fn close(self) {
         let _ = self.channel.close(200, "replayed".into()).await;
-        metrics::histogram!("live_replay_seconds").record(self.started.elapsed().as_secs_f64());
+        crate::metric::live_replay_seconds().record(self.started.elapsed().as_secs_f64());
     }
 }

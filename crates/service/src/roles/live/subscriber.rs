@@ -37,7 +37,7 @@ pub(super) enum Cut {
 
 /// The body of a stream whose credential has expired: it asks the page to renew it.
 pub(super) fn expired() -> Body {
-    metrics::counter!("live_reauths_total").increment(1);
+    crate::metric::live_reauths_total().increment(1);
     let frames = [Bytes::from_static(CONNECTED), reauth_frame()];
     Body::from_stream(futures_util::stream::iter(
         frames.map(Ok::<_, std::convert::Infallible>),
@@ -72,14 +72,14 @@ impl Seat {
         let mut open = live.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let held = open.entry(user.to_string()).or_default();
         if *held >= live.settings.streams_per_user {
-            metrics::counter!("live_streams_refused_total").increment(1);
+            crate::metric::live_streams_refused_total().increment(1);
             return Err(ApiError::TooMany(format!(
                 "{} already holds {held} open streams on this replica (LIVE_STREAMS_PER_USER); one stream follows several meetings",
                 crate::text::short(user)
             )));
         }
         *held += 1;
-        metrics::gauge!("live_streams_open").increment(1.0);
+        crate::metric::live_streams_open().increment(1.0);
         Ok(Self {
             live: live.clone(),
             user: user.to_string(),
@@ -96,7 +96,7 @@ impl Drop for Seat {
                 open.remove(&self.user);
             }
         }
-        metrics::gauge!("live_streams_open").decrement(1.0);
+        crate::metric::live_streams_open().decrement(1.0);
     }
 }
 
@@ -222,7 +222,7 @@ impl Subscriber {
     }
 
     fn slow(&self) {
-        metrics::counter!("live_slow_disconnects_total").increment(1);
+        crate::metric::live_slow_disconnects_total().increment(1);
         tracing::info!(user = %crate::text::short(&self.user), "a live stream fell behind and was ended; it resumes by id");
     }
 
@@ -232,7 +232,7 @@ impl Subscriber {
         match live.hub.attach(resume) {
             Attach::Live { backlog, rx } => {
                 if resume.is_some() {
-                    metrics::counter!("live_resumes_total", "from" => "memory").increment(1);
+                    crate::metric::live_resumes_total("memory").increment(1);
                 }
                 self.source = Source::Live(rx);
                 self.send_all(backlog).await
@@ -241,7 +241,7 @@ impl Subscriber {
                 let Some(from) = resume else {
                     return Err(End::Done);
                 };
-                metrics::counter!("live_resumes_total", "from" => "stream").increment(1);
+                crate::metric::live_resumes_total("stream").increment(1);
                 // Boxed, as every rare await here: a stream's state is what it holds while it
                 // waits for the next event, not the largest thing it ever does.
                 self.source = Box::pin(self.replay(from)).await.ok_or(End::Done)?;
@@ -263,7 +263,7 @@ impl Subscriber {
             _ = self.timer.as_mut() => {
                 let now = Instant::now();
                 if now >= self.reauth_at {
-                    metrics::counter!("live_reauths_total").increment(1);
+                    crate::metric::live_reauths_total().increment(1);
                     return self.last(reauth_frame());
                 }
                 let due = self.idle_at <= now;
@@ -381,7 +381,7 @@ impl Subscriber {
         }
         self.pending.push_back(shown.frame.clone());
         self.shown_id = Some(item.position);
-        metrics::counter!("live_events_sent_total").increment(1);
+        crate::metric::live_events_sent_total().increment(1);
         Ok(())
     }
 
@@ -445,7 +445,7 @@ impl Subscriber {
     }
 
     fn resync(&mut self, why: &'static str) -> Result<(), End> {
-        metrics::counter!("live_resyncs_total").increment(1);
+        crate::metric::live_resyncs_total().increment(1);
         self.last(resync_frame(why))
     }
 }
