@@ -1,0 +1,118 @@
+//! The unit of work (docs/architecture.md §5): a store transaction and the events it causes,
+//! committed together. Every HTTP handler and event handler writes through it.
+
+use sqlx::{Any, AnyConnection, Transaction};
+use tracing::Instrument;
+
+use super::leader::NOTIFY_CHANNEL;
+use super::{insert, Outbox};
+use crate::envelope::Envelope;
+use crate::events::Event;
+use crate::store::Dialect;
+
+/// A store transaction and the events it causes: both land at [`Work::commit`] or neither
+/// does. It dereferences to the transaction's connection for the role's own queries.
+pub(crate) struct Work {
+    tx: Transaction<'static, Any>,
+    outbox: Outbox,
+    /// The event being handled, when this work applies one: emitted events join its chain.
+    cause: Option<Cause>,
+    emitted: usize,
+}
+
+struct Cause {
+    event_id: String,
+    chain_id: String,
+}
+
+impl Work {
+    pub(super) async fn begin(outbox: Outbox) -> sqlx::Result<Self> {
+        Ok(Self {
+            tx: outbox.store.begin().await?,
+            outbox,
+            cause: None,
+            emitted: 0,
+        })
+    }
+
+    /// Events emitted from now on are caused by `envelope` (same correlation id, causation
+    /// id = its event id).
+    pub(crate) fn caused_by(&mut self, envelope: &Envelope) {
+        self.cause = Some(Cause {
+            event_id: envelope.event_id.clone(),
+            chain_id: envelope.chain_id().to_string(),
+        });
+    }
+
+    /// Add `event` to the outbox inside this transaction.
+    pub(crate) async fn emit(&mut self, event: Event) -> sqlx::Result<()> {
+        let mut envelope = Envelope::new(&event, &self.outbox.producer);
+        if let Some(cause) = &self.cause {
+            envelope.correlation_id = Some(cause.chain_id.clone());
+            envelope.causation_id = Some(cause.event_id.clone());
+        }
+        // The event's PRODUCER `create` span, under the request's or the delivery's span; its
+        // context goes into the row and, unchanged, into the message's headers.
+        let span = create_span(&self.outbox.exchange, &envelope);
+        let carrier = crate::trace::Carrier::of(&span);
+        insert(&mut self.tx, &envelope, &carrier)
+            .instrument(span)
+            .await?;
+        self.emitted += 1;
+        tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event committed to the outbox");
+        Ok(())
+    }
+
+    /// Commit, and wake the relay when events were emitted: this process's, and on
+    /// PostgreSQL the replica that relays (a notification delivered at commit).
+    pub(crate) async fn commit(mut self) -> sqlx::Result<()> {
+        if self.emitted > 0 && self.outbox.store.dialect() == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(NOTIFY_CHANNEL)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        if self.emitted > 0 {
+            self.outbox.wake();
+        }
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Work {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Work {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// The PRODUCER `create` span of an event (none when traces are not exported).
+fn create_span(exchange: &str, envelope: &Envelope) -> tracing::Span {
+    use crate::trace::attr;
+    if !crate::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(target: crate::trace::TARGET, "create",
+        otel.name = %format_args!("create {exchange}:{}", envelope.event_type), otel.kind = "producer",
+        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    let mut attributes = crate::trace::message_attributes(
+        ("create", "create"),
+        format!("{exchange}:{}", envelope.event_type),
+        &envelope.event_type,
+        &envelope.event_id,
+        envelope.chain_id(),
+    );
+    if let Some(cause) = &envelope.causation_id {
+        attributes.push((attr::CAUSATION_ID, cause.clone()));
+    }
+    crate::trace::set(&span, &attributes);
+    crate::trace::start(&span, None, false);
+    span
+}
