@@ -3,6 +3,17 @@
 
 use std::process::Command;
 
+/// The table a successful run printed.
+fn table_of(out: &std::process::Output) -> String {
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    table
+}
+
 /// The bench binary against the test broker.
 fn bench() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bench"));
@@ -40,12 +51,7 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
         ])
         .output()
         .expect("bench runs");
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = table_of(&out);
     for row in [
         "cores",
         "publish: raw lapin",
@@ -86,12 +92,7 @@ fn bench_live_reads_streams_multiplexed_over_h2c() {
         ])
         .output()
         .expect("bench runs");
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = table_of(&out);
     for row in [
         "live (h2c): 1200 open stream(s), RSS per open stream",
         "live (h2c): 1200 open stream(s), runtime tasks per open stream",

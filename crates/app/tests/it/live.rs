@@ -517,24 +517,7 @@ async fn a_client_that_reads_nothing_is_dropped_while_another_keeps_receiving() 
     let bus = Bus::connect(&ctx).await;
     // Far more than the socket buffers between them hold.
     let n = 2000;
-    let title = "x".repeat(10_000);
-    let publish = async {
-        for i in 0..n {
-            let env = meeting_events::envelope::Envelope::new(
-                &meeting_events::events::Event::AgendaItemAdded(
-                    meeting_events::events::AgendaItemAdded {
-                        meeting_id: meeting.into(),
-                        agenda_item_id: format!("item-{i}"),
-                        position: i + 1,
-                        title: title.clone(),
-                        kind: meeting_events::domain::ItemKind::Discussion,
-                    },
-                ),
-                "meeting-service",
-            );
-            bus.publish(&env).await;
-        }
-    };
+    let publish = publish_big_items(&bus, meeting, n);
     // The reading client reads while the events are published.
     let (_, got) = tokio::join!(publish, fast.collect_for(Duration::from_secs(20)));
     assert_eq!(got.len(), n as usize, "the reading client got every event");

@@ -7,8 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use meeting_events::envelope::Envelope;
-use meeting_events::events::{AgendaItemAdded, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -246,22 +244,7 @@ async fn a_stream_that_falls_behind_is_aborted_not_ended_as_if_complete() {
     // Far more than the socket buffers between them and the buffer of 16 events hold.
     let bus = Bus::connect(&ctx).await;
     let n = 1500;
-    let title = "x".repeat(10_000);
-    let publish = async {
-        for i in 0..n {
-            let env = Envelope::new(
-                &Event::AgendaItemAdded(AgendaItemAdded {
-                    meeting_id: meeting.into(),
-                    agenda_item_id: format!("item-{i}"),
-                    position: i + 1,
-                    title: title.clone(),
-                    kind: meeting_events::domain::ItemKind::Discussion,
-                }),
-                "meeting-service",
-            );
-            bus.publish(&env).await;
-        }
-    };
+    let publish = publish_big_items(&bus, meeting, n);
     let (_, got) = tokio::join!(publish, reader.collect_for(Duration::from_secs(20)));
     assert_eq!(got.len(), n as usize, "the reading client got every event");
 

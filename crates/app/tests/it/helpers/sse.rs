@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::Bus;
+
 /// One message of a stream.
 #[derive(Clone, Debug)]
 pub struct SseEvent {
@@ -175,5 +177,26 @@ impl Sse {
                 data: serde_json::from_str(&text).unwrap_or(Value::String(text)),
             });
         }
+    }
+}
+
+/// Publish `n` `agenda.item.added` events of `meeting` with 10 KB titles, as its meeting
+/// service would: far more than the socket buffers to a stream hold.
+pub async fn publish_big_items(bus: &Bus, meeting: &str, n: i64) {
+    let title = "x".repeat(10_000);
+    for i in 0..n {
+        let env = meeting_events::envelope::Envelope::new(
+            &meeting_events::events::Event::AgendaItemAdded(
+                meeting_events::events::AgendaItemAdded {
+                    meeting_id: meeting.into(),
+                    agenda_item_id: format!("item-{i}"),
+                    position: i + 1,
+                    title: title.clone(),
+                    kind: meeting_events::domain::ItemKind::Discussion,
+                },
+            ),
+            "meeting-service",
+        );
+        bus.publish(&env).await;
     }
 }
