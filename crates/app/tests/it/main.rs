@@ -9,6 +9,7 @@ mod api_errors;
 mod browser;
 mod contract;
 mod faults;
+mod faults_store;
 mod flow;
 mod http_contract;
 mod interop;
