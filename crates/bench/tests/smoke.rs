@@ -3,8 +3,9 @@
 
 use std::process::Command;
 
-/// The table a successful run printed.
-fn table_of(out: &std::process::Output) -> String {
+/// The table a successful run of the bench with `args` printed.
+fn run(args: &[&str]) -> String {
+    let out = bench().args(args).output().expect("bench runs");
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -29,29 +30,25 @@ fn bench() -> Command {
 
 #[test]
 fn bench_runs_every_benchmark_and_prints_its_table() {
-    let out = bench()
-        .args([
-            "all",
-            "--messages",
-            "300",
-            "--flows",
-            "60",
-            "--concurrency",
-            "8",
-            "--rate",
-            "50",
-            "--paced-for",
-            "1s",
-            "--per-publish-messages",
-            "5",
-            "--live-streams",
-            "1,40",
-            "--live-requests",
-            "3",
-        ])
-        .output()
-        .expect("bench runs");
-    let table = table_of(&out);
+    let table = run(&[
+        "all",
+        "--messages",
+        "300",
+        "--flows",
+        "60",
+        "--concurrency",
+        "8",
+        "--rate",
+        "50",
+        "--paced-for",
+        "1s",
+        "--per-publish-messages",
+        "5",
+        "--live-streams",
+        "1,40",
+        "--live-requests",
+        "3",
+    ]);
     for row in [
         "cores",
         "publish: raw lapin",
@@ -81,18 +78,14 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
 
 #[test]
 fn bench_live_reads_streams_multiplexed_over_h2c() {
-    let out = bench()
-        .args([
-            "live",
-            "--h2c",
-            "--live-streams",
-            "1,1200",
-            "--live-requests",
-            "3",
-        ])
-        .output()
-        .expect("bench runs");
-    let table = table_of(&out);
+    let table = run(&[
+        "live",
+        "--h2c",
+        "--live-streams",
+        "1,1200",
+        "--live-requests",
+        "3",
+    ]);
     for row in [
         "live (h2c): 1200 open stream(s), RSS per open stream",
         "live (h2c): 1200 open stream(s), runtime tasks per open stream",
