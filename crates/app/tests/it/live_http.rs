@@ -43,20 +43,26 @@ fn responses(text: &str) -> usize {
     text.matches("HTTP/1.1 ").count() + text.matches("HTTP/1.0 ").count()
 }
 
-#[tokio::test]
-async fn stream_requests_get_the_http_of_every_other_request() {
+/// A live role whose idle streams get a keep-alive every second; its address, and a bearer
+/// header for a user.
+async fn live_port() -> (Running, String, String) {
     let mut ctx = Ctx::new();
     ctx.extra.insert("LIVE_KEEPALIVE".into(), "1s".into());
     let live = Running::spawn(&ctx, &LIVE).await;
     let addr = addr_of(&live);
-    let auth = bearer("raw");
-    let wait = Duration::from_secs(2);
+    (live, addr, bearer("raw"))
+}
 
+const SHORT: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_bare_lf_head_gets_a_stream_like_any_other() {
+    let (live, addr, auth) = live_port().await;
     // A head with bare LF line endings, which RFC 9112 lets a server accept.
     let (bare_lf, closed) = exchange(
         &addr,
         format!("GET /live/meetings/m-raw HTTP/1.1\nHost: {addr}\n{auth}\n\n").as_bytes(),
-        wait,
+        SHORT,
     )
     .await;
     assert!(bare_lf.starts_with("HTTP/1.1 200 OK\r\n"), "{bare_lf:?}");
@@ -78,7 +84,12 @@ async fn stream_requests_get_the_http_of_every_other_request() {
         bare_lf.contains(": keep-alive\n\n"),
         "an idle stream gets a keep-alive within LIVE_KEEPALIVE: {bare_lf:?}"
     );
+    live.stop().await.unwrap();
+}
 
+#[tokio::test]
+async fn a_request_smuggled_in_a_body_never_gets_an_answer_of_its_own() {
+    let (live, addr, auth) = live_port().await;
     // A request smuggled in the body of a stream request (by length or in chunks), or of a
     // refused one, is body: it never gets an answer of its own.
     let smuggled = format!("GET /live/meetings/m-two HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n\r\n");
@@ -102,18 +113,23 @@ async fn stream_requests_get_the_http_of_every_other_request() {
     ] {
         let request =
             format!("GET /live/meetings/m-raw HTTP/1.1\r\nHost: {addr}\r\n{head}\r\n{body}");
-        let (got, _) = exchange(&addr, request.as_bytes(), wait).await;
+        let (got, _) = exchange(&addr, request.as_bytes(), SHORT).await;
+        assert!(got.starts_with("HTTP/1.1 "), "{what}: answered: {got:?}");
         assert_eq!(responses(&got), 1, "{what}: one answer only: {got:?}");
     }
+    live.stop().await.unwrap();
+}
 
-    // Pipelined requests are answered in order; behind an open stream, the next waits.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_wait_behind_a_stream() {
+    let (live, addr, auth) = live_port().await;
     let twice = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\nGET /live/config HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    let (got, _) = exchange(&addr, twice.as_bytes(), wait).await;
+    let (got, _) = exchange(&addr, twice.as_bytes(), SHORT).await;
     assert_eq!(responses(&got), 2, "{got:?}");
     let (health, config) = (got.find(r#"{"status":"ok"}"#), got.find("keepalive_ms"));
     assert!(health.is_some() && health < config, "in order: {got:?}");
     let behind = format!("GET /live/meetings/m-raw HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n\r\nGET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    let (got, closed) = exchange(&addr, behind.as_bytes(), wait).await;
+    let (got, closed) = exchange(&addr, behind.as_bytes(), SHORT).await;
     assert!(
         got.starts_with("HTTP/1.1 200 OK\r\n") && got.contains(": keep-alive"),
         "{got:?}"
@@ -124,21 +140,41 @@ async fn stream_requests_get_the_http_of_every_other_request() {
         "the stream is still being answered: {got:?}"
     );
     assert!(!closed);
+    live.stop().await.unwrap();
+}
 
-    // A head over the limit: 431 with the JSON reason.
+#[tokio::test]
+async fn a_head_over_the_limit_gets_431_and_no_credential_401_with_a_json_reason() {
+    let (live, addr, auth) = live_port().await;
     let big = format!(
         "GET /live/meetings/m-raw HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\nX-Big: {}\r\n\r\n",
         "b".repeat(20 * 1024)
     );
-    let (got, _) = exchange(&addr, big.as_bytes(), wait).await;
+    let (got, _) = exchange(&addr, big.as_bytes(), SHORT).await;
     assert!(got.starts_with("HTTP/1.1 431"), "{got:?}");
     assert!(got.contains(r#""error":"headers_too_large""#), "{got:?}");
+    let (unauthorized, _) = exchange(
+        &addr,
+        b"GET /live/meetings/m-raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        SHORT,
+    )
+    .await;
+    assert!(unauthorized.starts_with("HTTP/1.1 401"), "{unauthorized}");
+    assert!(
+        unauthorized.contains(r#""error":"unauthorized""#),
+        "{unauthorized}"
+    );
+    live.stop().await.unwrap();
+}
 
+#[tokio::test]
+async fn http_1_0_gets_the_frames_unchunked() {
+    let (live, addr, auth) = live_port().await;
     // HTTP/1.0 (nginx's default towards upstreams): the frames as they are, no chunks.
     let (http10, _) = exchange(
         &addr,
         format!("GET /live/meetings/m-raw HTTP/1.0\r\n{auth}\r\n\r\n").as_bytes(),
-        wait,
+        SHORT,
     )
     .await;
     assert!(
@@ -147,19 +183,6 @@ async fn stream_requests_get_the_http_of_every_other_request() {
     );
     assert!(!http10.contains("transfer-encoding"), "{http10}");
     assert!(http10.contains("\r\n\r\n: connected\n\n"), "{http10:?}");
-
-    // No credential: the router's 401 with its JSON reason.
-    let (unauthorized, _) = exchange(
-        &addr,
-        b"GET /live/meetings/m-raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        wait,
-    )
-    .await;
-    assert!(unauthorized.starts_with("HTTP/1.1 401"), "{unauthorized}");
-    assert!(
-        unauthorized.contains(r#""error":"unauthorized""#),
-        "{unauthorized}"
-    );
     live.stop().await.unwrap();
 }
 
