@@ -107,8 +107,6 @@ async fn a_dead_database_answers_503_quickly_and_the_role_recovers() {
     postgres_script(&["stop", &dir]).await;
 }
 
-/// A role's `/ready` body.
-
 /// PostgreSQL killed under a permission role while events arrive: the consumer holds its
 /// deliveries while the store cannot be reached — no retry spent, nothing parked, though the
 /// outage outlasts every retry delay — and applies each event once when it is back.
