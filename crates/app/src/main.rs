@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     // The default service.name of the spans: the role's SERVICE_NAME; the whole system when
     // one process runs every role; the operator tool otherwise.
     let service = match &parsed {
-        Parsed::Role(role) => std::env::var("SERVICE_NAME")
+        Parsed::Role(role) => std::env::var(meeting_events::config::name_of("mq.service_name"))
             .ok()
             .filter(|s| !s.trim().is_empty())
             .unwrap_or_else(|| role.service_name()),

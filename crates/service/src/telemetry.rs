@@ -59,7 +59,8 @@ fn install(
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let json =
+        std::env::var(crate::config::LOG_FORMAT).is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if json {
         logs.json()

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use meeting_events::config::{self, ConfigError, Secret, Settings, DEV_JWT_SECRET};
+use meeting_events::config::{
+    self, name_of, ApiOrigin, ConfigError, Secret, Settings, DEV_JWT_SECRET,
+};
 use meeting_events::roles::{self, Role};
 
 /// A command's failure, with the exit status it deserves.
@@ -33,7 +35,7 @@ impl Failure {
 }
 
 async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
-    let addr = SocketAddr::new(settings.http_addr, settings.http_port);
+    let addr = SocketAddr::new(settings.http.addr, settings.http.port);
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (HTTP_ADDR/HTTP_PORT): {e}"))
@@ -127,9 +129,10 @@ pub(crate) async fn run_all(dev: bool) -> Result<(), Failure> {
 /// Development mode for one role: the development key when no secret is set, loopback, and
 /// the live page's development sign-in.
 fn development_mode(s: &mut Settings) {
-    s.jwt_secret
+    s.auth
+        .jwt_secret
         .get_or_insert_with(|| Secret::new(DEV_JWT_SECRET));
-    s.http_addr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    s.http.addr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     s.development = true;
 }
 
@@ -140,11 +143,14 @@ fn one_page(all: &mut [Settings], env: &HashMap<String, String>) {
     let Some(live) = all.iter().find(|s| s.role == &roles::LIVE) else {
         return;
     };
-    let live_port = live.http_port;
-    let ports: Vec<(String, String)> = all
+    let live_port = live.http.port;
+    let ports: Vec<ApiOrigin> = all
         .iter()
         .filter(|s| s.role != &roles::LIVE)
-        .map(|s| (s.role.name.to_string(), format!(":{}", s.http_port)))
+        .map(|s| ApiOrigin {
+            role: s.role,
+            origin: format!(":{}", s.http.port),
+        })
         .collect();
     let page_origins: Vec<String> = ["127.0.0.1", "localhost"]
         .iter()
@@ -152,11 +158,11 @@ fn one_page(all: &mut [Settings], env: &HashMap<String, String>) {
         .collect();
     for s in all.iter_mut() {
         if s.role == &roles::LIVE {
-            if !env.contains_key("LIVE_API_ORIGINS") {
+            if !env.contains_key(name_of("live.api_origins")) {
                 s.live.api_origins = ports.clone();
             }
-        } else if !env.contains_key("CORS_ALLOWED_ORIGINS") {
-            s.cors_allowed_origins = page_origins.clone();
+        } else if !env.contains_key(name_of("http.cors_allowed_origins")) {
+            s.http.cors_allowed_origins = page_origins.clone();
         }
     }
 }
@@ -164,7 +170,7 @@ fn one_page(all: &mut [Settings], env: &HashMap<String, String>) {
 /// The signing key for a client command: AUTH_JWT_SECRET, or with `--dev` the development
 /// key when it is unset.
 pub(crate) fn client_secret(settings: &Settings, dev: bool) -> Result<Secret, Failure> {
-    match (&settings.jwt_secret, dev) {
+    match (&settings.auth.jwt_secret, dev) {
         (Some(secret), _) => Ok(secret.clone()),
         (None, true) => Ok(Secret::new(DEV_JWT_SECRET)),
         (None, false) => Err(settings.jwt_secret().unwrap_err().into()),

@@ -17,48 +17,77 @@ pub fn config_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("config"))
 }
 
-pub(super) fn layered(
+/// The sources, lowest first: the role's defaults, `config/default.toml`,
+/// `config/<role>.toml`, the environment. Files and environment use the flat variable names
+/// (lower case in files); each value is placed at its variable's path in [`Settings`], where
+/// serde reads it into `T`.
+pub(super) fn load<T: serde::de::DeserializeOwned>(
     role: Role,
     env: &HashMap<String, String>,
     config_dir: &Path,
-) -> Result<HashMap<String, String>, ConfigError> {
+) -> Result<T, ConfigError> {
     use config::{Config, Environment, File, FileFormat};
 
-    let mut builder = Config::builder();
-    for v in settings_variables() {
-        let value = match &v.default {
-            Default::Absent(_) => continue,
-            Default::Fixed(value) => value.to_string(),
-            Default::PerRole { value, .. } => value(role),
-        };
-        builder = builder
-            .set_default(v.name.to_lowercase(), value)
-            .map_err(|e| ConfigError::new(v.name, e.to_string()))?;
-    }
+    let mut flat = Config::builder();
     for file in ["default", role.name] {
         let path = config_dir.join(format!("{file}.toml"));
-        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(false));
+        flat = flat.add_source(File::from(path).format(FileFormat::Toml).required(false));
     }
     let env: HashMap<String, String> = env
         .iter()
         .filter(|(k, _)| settings_variables().any(|v| v.name == k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    builder = builder.add_source(Environment::default().source(Some(env)));
-    let cfg = builder.build().map_err(|_| file_error(role, config_dir))?;
+    let flat = flat
+        .add_source(Environment::default().source(Some(env)))
+        .build()
+        .map_err(|_| file_error(role, config_dir))?;
 
-    let mut out = HashMap::new();
-    for name in settings_variables().map(|v| v.name) {
-        let key = name.to_lowercase();
-        match cfg.get_string(&key) {
-            Ok(value) => {
-                out.insert(name.to_string(), value);
-            }
-            Err(config::ConfigError::NotFound(_)) => {}
-            Err(_) => return Err(ConfigError::new(name, "must be a string or a number")),
+    let mut nested = Config::builder();
+    for v in settings_variables() {
+        let key = v.key().unwrap_or(v.name);
+        let fallback = match &v.default {
+            Fallback::Absent(_) => None,
+            Fallback::Fixed(value) => Some(value.to_string()),
+            Fallback::PerRole { value, .. } => Some(value(role)),
+        };
+        let given = match flat.get_string(&v.name.to_lowercase()) {
+            Ok(value) => Some(value),
+            Err(config::ConfigError::NotFound(_)) => None,
+            Err(_) => return Err(ConfigError::new(v.name, "must be a string or a number")),
+        };
+        if let Some(value) = given.or(fallback) {
+            nested = nested
+                .set_override(key, value.trim())
+                .map_err(|e| ConfigError::new(v.name, e.to_string()))?;
         }
     }
-    Ok(out)
+    nested
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(named)
+}
+
+/// A loader error as one line naming the variable whose value it is about.
+fn named(error: config::ConfigError) -> ConfigError {
+    use config::ConfigError as E;
+    fn inner(e: &E) -> String {
+        match e {
+            E::At { error, .. } => inner(error),
+            E::Type {
+                unexpected,
+                expected,
+                ..
+            } => format!("{unexpected} is not {expected}"),
+            other => other.to_string(),
+        }
+    }
+    match &error {
+        E::At { key: Some(key), .. } | E::Type { key: Some(key), .. } => {
+            ConfigError::at(key, inner(&error))
+        }
+        other => ConfigError::new("CONFIG_DIR", inner(other)),
+    }
 }
 
 /// Which configuration file does not parse, and where: one line that names the file and the

@@ -29,10 +29,10 @@ fn defaults_follow_the_role() {
             "permission.revoked"
         ]
     );
-    assert_eq!(s.http_port, 8082);
-    assert_eq!(s.database_url, "sqlite://data/election.db");
+    assert_eq!(s.http.port, 8082);
+    assert_eq!(s.database.url.expose(), "sqlite://data/election.db");
     assert_eq!(s.mq.queue_type, QueueType::Classic);
-    assert!(s.jwt_secret.is_none());
+    assert!(s.auth.jwt_secret.is_none());
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn environment_overrides_defaults() {
     .unwrap();
     assert_eq!(s.mq.queue, "el-2", "queue defaults to SERVICE_NAME");
     assert_eq!(s.mq.bindings, ["a.b", "c.*"]);
-    assert_eq!(s.http_port, 9000);
+    assert_eq!(s.http.port, 9000);
     assert_eq!(
         s.mq.retry_delays,
         [Duration::from_millis(100), Duration::from_secs(2)]
@@ -262,7 +262,7 @@ fn help_lists_every_variable_with_its_default() {
 fn every_default_parses() {
     for role in system::ALL {
         let s = Settings::load(role, &HashMap::new(), Path::new("/nonexistent")).unwrap();
-        assert_eq!(s.http_port, role.default_port);
+        assert_eq!(s.http.port, role.default_port);
         assert_eq!(s.mq.service_name, role.service_name());
     }
 }
@@ -275,4 +275,67 @@ fn the_documented_table_is_the_generated_one() {
         doc.contains(&table),
         "docs/configuration.md's table is out of date; replace it with:\n{table}"
     );
+}
+
+#[test]
+fn every_variable_lands_in_a_field_of_settings() {
+    // Every variable set at once, the optional ones too: a table key that names no field
+    // fails the load (the sections deny unknown fields).
+    let s = load(&[
+        ("MQ_QUEUE", "q"),
+        ("MQ_PRODUCERS", "meeting=m,election=e"),
+        ("MQ_INGRESS", "m"),
+        ("AUTH_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("CORS_ALLOWED_ORIGINS", "https://a.example"),
+        ("LIVE_API_ORIGINS", "meeting=:8081"),
+    ])
+    .unwrap();
+    assert_eq!(s.mq.queue, "q");
+    assert_eq!(s.mq.producers[1].role.name, "election");
+    assert_eq!(s.mq.ingress, ["m"]);
+    assert_eq!(s.live.api_origins[0].origin, ":8081");
+    assert!(s.auth.jwt_secret.is_some());
+    for v in VARIABLES {
+        if let Some(key) = v.key() {
+            assert_eq!(name_of(key), v.name, "{key}");
+        }
+    }
+}
+
+/// A variable's name is written once in Rust, in [`VARIABLES`]; everything else reaches
+/// it through the table (tests excepted).
+#[test]
+fn each_variable_is_named_once() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut sources = Vec::new();
+    for dir in ["service/src", "app/src"] {
+        collect_rs(&root.join(dir), &mut sources);
+    }
+    for v in VARIABLES {
+        let literal = format!("\"{}\"", v.name);
+        let sites: Vec<String> = sources
+            .iter()
+            .filter(|(path, _)| !path.ends_with("tests.rs"))
+            .flat_map(|(path, text)| {
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                code.lines()
+                    .filter(|line| line.contains(&literal))
+                    .map(|line| format!("{}: {}", path.display(), line.trim()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(sites.len(), 1, "{} is written {:?}", v.name, sites);
+    }
+}
+
+fn collect_rs(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_rs(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            out.push((path, text));
+        }
+    }
 }

@@ -25,6 +25,12 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// An error about the value at `key` in [`Settings`], named by its variable.
+    pub(crate) fn at(key: &str, message: impl Into<String>) -> Self {
+        let variable = variable_at(key).map_or(key, |v| v.name);
+        Self::new(variable, message)
+    }
 }
 
 /// A string that never shows itself in `Debug` or `Display`.
@@ -38,6 +44,12 @@ impl Secret {
     /// The secret itself; call only where it is used, never to log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::new(String::deserialize(d)?.trim()))
     }
 }
 
@@ -56,13 +68,11 @@ pub struct AmqpUrl {
 }
 
 impl AmqpUrl {
-    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+    pub fn parse(raw: &str) -> Result<Self, String> {
         let invalid = || {
-            ConfigError::new(
-                "AMQP_URL",
-                "not a valid AMQP URI (expected amqp://user:pass@host:port/vhost or amqps://…, \
-                 several separated by commas for a cluster)",
-            )
+            "not a valid AMQP URI (expected amqp://user:pass@host:port/vhost or amqps://…, \
+             several separated by commas for a cluster)"
+                .to_string()
         };
         let mut nodes = Vec::new();
         for one in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -90,10 +100,7 @@ impl AmqpUrl {
             .map(|uri| uri.authority.userinfo.username)
             .collect();
         if users.len() != 1 {
-            return Err(ConfigError::new(
-                "AMQP_URL",
-                "every node must be reached as the same broker user",
-            ));
+            return Err("every node must be reached as the same broker user".to_string());
         }
         let user = users.into_iter().next().unwrap_or_default();
         Ok(Self { nodes, user })
@@ -123,6 +130,12 @@ impl AmqpUrl {
     pub fn node(&self, i: usize) -> (&str, &str) {
         let (raw, shown) = &self.nodes[i % self.nodes.len()];
         (raw.expose(), shown)
+    }
+}
+
+impl<'de> Deserialize<'de> for AmqpUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -195,5 +208,96 @@ impl Dialect {
         } else {
             None
         }
+    }
+}
+
+/// A role's store: `sqlite:` or `postgres://`, checked when loaded. `Debug` hides a
+/// password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    url: Secret,
+    dialect: Dialect,
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let dialect = Dialect::of_url(raw).ok_or_else(|| {
+            "must be a sqlite: or postgres:// URL, e.g. sqlite://data/meeting.db".to_string()
+        })?;
+        Ok(Self {
+            url: Secret::new(raw),
+            dialect,
+        })
+    }
+
+    /// The URL, password included: pass it to the driver only.
+    pub fn expose(&self) -> &str {
+        self.url.expose()
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({:?}, ****)", self.dialect)
+    }
+}
+
+/// One entry of `MQ_PRODUCERS`: the broker user a role publishes as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Producer {
+    pub role: Role,
+    pub user: String,
+}
+
+impl FromStr for Producer {
+    type Err = String;
+
+    fn from_str(pair: &str) -> Result<Self, String> {
+        let (role, user) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not role=user"))?;
+        Ok(Self {
+            role: system::find(role.trim())?,
+            user: user.trim().to_string(),
+        })
+    }
+}
+
+/// One entry of `LIVE_API_ORIGINS`: where the live page reaches a role's API, an origin or
+/// `:port` of the page's own host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiOrigin {
+    pub role: Role,
+    pub origin: String,
+}
+
+impl FromStr for ApiOrigin {
+    type Err = String;
+
+    fn from_str(entry: &str) -> Result<Self, String> {
+        let bad = || format!("{entry:?} is not role=origin, e.g. meeting=http://localhost:8081");
+        let (role, origin) = entry.split_once('=').ok_or_else(bad)?;
+        let origin = origin.trim().trim_end_matches('/');
+        let port_only = origin
+            .strip_prefix(':')
+            .is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !(port_only || origin.starts_with("http://") || origin.starts_with("https://")) {
+            return Err(bad());
+        }
+        Ok(Self {
+            role: system::find(role.trim())?,
+            origin: origin.to_string(),
+        })
     }
 }

@@ -59,8 +59,8 @@ pub(crate) fn app(
     contract: String,
     settings: &crate::config::Settings,
 ) -> Router {
-    let cors_origins = &settings.cors_allowed_origins;
-    let (max_body, request_timeout) = (settings.http_max_body_bytes, settings.http_request_timeout);
+    let cors_origins = &settings.http.cors_allowed_origins;
+    let (max_body, request_timeout) = (settings.http.max_body_bytes, settings.http.request_timeout);
     let api = api
         .route_layer(middleware::from_fn(move |request: Request, next: Next| {
             retry_lost_races(max_body, request, next)

@@ -58,7 +58,7 @@ pub fn ingress_keys<'a>(
         .filter(move |role| {
             mq.producers
                 .iter()
-                .any(|(r, u)| r == role.name && u == user)
+                .any(|p| p.role.name == role.name && p.user == user)
         })
         .flat_map(|role| role.publishes.iter().map(|t| t.routing_key()))
 }

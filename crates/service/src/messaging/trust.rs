@@ -14,7 +14,7 @@ pub fn trusts(mq: &MqSettings, event_type: EventType, user: Option<&str>) -> boo
             event_type.producers().any(|role| {
                 mq.producers
                     .iter()
-                    .any(|(r, u)| r == role.name && u == user)
+                    .any(|p| p.role == role && p.user == user)
             })
         }),
     }

@@ -24,11 +24,11 @@ pub(crate) async fn run(
     let service = settings.mq.service_name.clone();
     // Install the recorder before anything records: metrics sent earlier would be lost.
     crate::telemetry::prometheus();
-    let auth = Auth::new(settings.jwt_secret()?, settings.auth_leeway);
+    let auth = Auth::new(settings.jwt_secret()?, settings.auth.leeway);
     let store = Store::open(
-        &settings.database_url,
-        settings.database_pool_size,
-        settings.database_acquire_timeout,
+        settings.database.url.expose(),
+        settings.database.pool_size,
+        settings.database.acquire_timeout,
         role.migrations,
     )
     .await?;
@@ -67,9 +67,9 @@ pub(crate) async fn run(
     let app = http::app(state, parts.api, parts.open, contract, &settings);
     let addr = listener.local_addr()?;
     let limits = http::Limits {
-        max_connections: settings.http_max_connections,
-        header_timeout: settings.http_header_timeout,
-        write_timeout: settings.http_write_timeout,
+        max_connections: settings.http.max_connections,
+        header_timeout: settings.http.header_timeout,
+        write_timeout: settings.http.write_timeout,
     };
     let mut server = tokio::spawn(http::serve(listener, app, limits, intake.clone()));
     tracing::info!(%service, %addr, queue = %settings.mq.queue, exchange = %settings.mq.exchange, broker_user = settings.mq.url.user(), trust = %settings.mq.trust, "serving");

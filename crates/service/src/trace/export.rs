@@ -38,19 +38,19 @@ pub fn config_from(
         }
     }
     let endpoint = match (
-        get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-        get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        get(crate::config::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
+        get(crate::config::OTEL_EXPORTER_OTLP_ENDPOINT),
     ) {
-        (Some(url), _) => http_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &url)?,
+        (Some(url), _) => http_url(crate::config::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, &url)?,
         (None, Some(base)) => format!(
             "{}/v1/traces",
-            http_url("OTEL_EXPORTER_OTLP_ENDPOINT", &base)?.trim_end_matches('/')
+            http_url(crate::config::OTEL_EXPORTER_OTLP_ENDPOINT, &base)?.trim_end_matches('/')
         ),
         (None, None) => return Ok(None),
     };
     for name in [
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        crate::config::OTEL_EXPORTER_OTLP_PROTOCOL,
     ] {
         if let Some(protocol) = get(name) {
             if protocol != "http/protobuf" {
@@ -61,13 +61,13 @@ pub fn config_from(
             break;
         }
     }
-    let resource = match get("OTEL_RESOURCE_ATTRIBUTES") {
+    let resource = match get(crate::config::OTEL_RESOURCE_ATTRIBUTES) {
         Some(text) => {
             resource_attributes(&text).map_err(|e| format!("OTEL_RESOURCE_ATTRIBUTES: {e}"))?
         }
         None => Vec::new(),
     };
-    let service_name = get("OTEL_SERVICE_NAME")
+    let service_name = get(crate::config::OTEL_SERVICE_NAME)
         .or_else(|| {
             resource
                 .iter()
@@ -75,7 +75,10 @@ pub fn config_from(
                 .map(|kv| kv.value.to_string())
         })
         .unwrap_or_else(|| default_service.to_string());
-    let sampler = sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
+    let sampler = sampler(
+        get(crate::config::OTEL_TRACES_SAMPLER),
+        get(crate::config::OTEL_TRACES_SAMPLER_ARG),
+    )?;
     Ok(Some(TraceConfig {
         endpoint,
         service_name,

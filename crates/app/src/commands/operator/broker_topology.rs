@@ -185,8 +185,8 @@ pub(crate) fn permissions(vhost: &str) -> Result<String, Failure> {
         let user = mq
             .producers
             .iter()
-            .find(|(r, _)| r == role.name)
-            .map_or_else(|| role.service_name(), |(_, u)| u.clone());
+            .find(|p| p.role.name == role.name)
+            .map_or_else(|| role.service_name(), |p| p.user.clone());
         let (ex, q) = (regex_escape(&mq.exchange), regex_escape(&mq.queue));
         let mut own = format!("{q}|{q}\\.retry\\..+|{q}\\.dlq");
         if !role.watches.is_empty() {

@@ -25,7 +25,8 @@ pub(crate) async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow:
         if !data.is_object() {
             bail!("DATA must be a JSON object");
         }
-        let producer = std::env::var("SERVICE_NAME").unwrap_or_else(|_| "operator".into());
+        let producer = std::env::var(meeting_events::config::name_of("mq.service_name"))
+            .unwrap_or_else(|_| "operator".into());
         let id = uuid::Uuid::new_v4().to_string();
         let envelope = Envelope {
             event_type: routing_key.to_string(),

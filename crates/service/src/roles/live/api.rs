@@ -60,7 +60,7 @@ impl Live {
             dev_key: state
                 .settings
                 .development
-                .then(|| state.settings.jwt_secret.clone())
+                .then(|| state.settings.auth.jwt_secret.clone())
                 .flatten(),
             stop,
             per_user: Mutex::new(HashMap::new()),
@@ -230,7 +230,12 @@ async fn page_config(Extension(live): Extension<Arc<Live>>) -> Json<PageConfig> 
     Json(PageConfig {
         development: live.development(),
         keepalive_ms: live.settings.keepalive.as_millis(),
-        api: live.settings.api_origins.iter().cloned().collect(),
+        api: live
+            .settings
+            .api_origins
+            .iter()
+            .map(|o| (o.role.name.to_string(), o.origin.clone()))
+            .collect(),
     })
 }
 
