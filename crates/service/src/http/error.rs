@@ -42,9 +42,9 @@ pub(crate) enum ApiError {
     /// 422: well-formed, but a value is not acceptable.
     #[error("{0}")]
     Invalid(String),
-    /// 500: ours, not the caller's.
+    /// 500: ours, not the caller's; the error and its sources are logged, never answered.
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] anyhow::Error),
     /// 500: the store failed; the source is logged, never answered. A transaction that lost
     /// a race with another replica is run again by [`super::retry_lost_races`]; if it keeps
     /// losing, 503 `busy` with `Retry-After`.
@@ -150,7 +150,9 @@ impl IntoResponse for ApiError {
             ApiError::Store(e) if unavailable => {
                 tracing::warn!(cause = %crate::text::Chain(e), "request refused: the store is not answering")
             }
-            ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
+            ApiError::Internal(e) => {
+                tracing::error!(cause = %crate::text::Chain(e.as_ref()), "request failed")
+            }
             ApiError::Store(e) => {
                 tracing::error!(cause = %crate::text::Chain(e), "request failed: store")
             }
@@ -238,12 +240,30 @@ where
                 "the body must be a JSON object".into(),
             ));
         }
-        serde_json::from_value(value).map(ApiJson).map_err(|e| {
-            ApiError::BadRequest(crate::text::short(&format!(
-                "the JSON body does not fit: {e}"
-            )))
-        })
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(body_error)
     }
+}
+
+/// A body that does not fit its type: 422 `invalid` when a field's value is refused (a
+/// [`super::fields::Text`] out of bounds, a word not of its set), 400 otherwise.
+fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    // The path of the field, `title` or `agenda[2].title`; `.` is the body itself.
+    let field = match e.path().to_string() {
+        root if root == "." => "the body".to_string(),
+        path => path,
+    };
+    let message = e.inner().to_string();
+    if let Some(reason) = message.strip_prefix(super::fields::INVALID_VALUE) {
+        return ApiError::Invalid(crate::text::short(&format!("{field} {reason}")));
+    }
+    if message.starts_with("unknown variant") {
+        return ApiError::Invalid(crate::text::short(&format!("{field}: {message}")));
+    }
+    ApiError::BadRequest(crate::text::short(&format!(
+        "the JSON body does not fit ({field}): {message}"
+    )))
 }
 
 /// A query string whose parse errors are answered as [`ApiError::BadRequest`].
@@ -283,42 +303,41 @@ pub(crate) fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)
     Ok((limit, offset))
 }
 
-/// A required, bounded text field without control characters, trimmed. The bound and the
-/// character check apply to the text as sent (the contract's `maxLength` and `pattern`).
-pub(crate) fn text_field(name: &str, value: &str, max: usize) -> Result<String, ApiError> {
-    if value.chars().count() > max {
-        return Err(ApiError::Invalid(format!(
-            "{name} must be at most {max} characters"
-        )));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::Invalid(format!(
-            "{name} must not contain control characters"
-        )));
-    }
-    // White space as the contract's pattern (ECMAScript `\s`) has it: Unicode's, and U+FEFF.
-    let value = value.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
-    if value.is_empty() {
-        return Err(ApiError::Invalid(format!("{name} must not be empty")));
-    }
-    Ok(value.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        title: super::super::Title,
+        kind: crate::domain::ItemKind,
+    }
+
+    fn answer(body: serde_json::Value) -> (StatusCode, String) {
+        let e = serde_path_to_error::deserialize::<_, Body>(body).unwrap_err();
+        let error = body_error(e);
+        (error.status_and_code().0, error.to_string())
+    }
+
     #[test]
-    fn a_text_field_is_held_to_the_contracts_bound_and_pattern_as_sent() {
-        assert_eq!(text_field("title", "  AGM ", 200).unwrap(), "AGM");
-        // The bound counts what was sent, spaces included (the contract's maxLength).
-        let padded = format!(" {}", "x".repeat(200));
-        assert!(text_field("title", &padded, 200).is_err());
-        assert!(text_field("title", &"x".repeat(200), 200).is_ok());
-        // A control character anywhere, even where trimming would drop it, is refused.
-        assert!(text_field("title", "AGM\n", 200).is_err());
-        assert!(text_field("title", "A\u{7}GM", 200).is_err());
-        // Blank as the pattern's `\s` has it, U+FEFF included.
-        assert!(text_field("title", " \u{feff}\u{3000} ", 200).is_err());
+    fn a_refused_value_is_422_with_its_field_and_a_misfit_400() {
+        use serde_json::json;
+        assert_eq!(
+            answer(json!({"title": " ", "kind": "election"})),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "title must not be empty".into()
+            )
+        );
+        let (status, text) = answer(json!({"title": "AGM", "kind": "party"}));
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(text.starts_with("kind: unknown variant `party`"), "{text}");
+        let (status, text) = answer(json!({"title": 42, "kind": "election"}));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("(title)"), "{text}");
+        let (status, text) = answer(json!({"kind": "election"}));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("(the body): missing field `title`"), "{text}");
     }
 }

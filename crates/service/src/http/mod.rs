@@ -3,6 +3,7 @@
 
 pub(crate) mod auth;
 mod error;
+mod fields;
 pub(crate) mod openapi;
 mod serve;
 
@@ -23,7 +24,8 @@ use tracing::Instrument;
 
 pub(crate) use auth::{Auth, User};
 use error::LostRace;
-pub(crate) use error::{page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, Paging};
+pub(crate) use error::{page, ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, Paging};
+pub(crate) use fields::{Text, Title, UserName};
 pub(crate) use serve::{serve, Limits};
 
 use crate::messaging::{Broker, Outbox};

@@ -8,7 +8,7 @@
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi, Ref, RefOr, Schema};
 use utoipa::OpenApi as _;
 
 use super::error::{ErrorBody, ErrorCode};
@@ -67,6 +67,9 @@ pub(crate) fn document(routes: impl IntoIterator<Item = OpenApi>) -> OpenApi {
             "The cookie `POST /live/session` sets (the bearer token, HttpOnly, Path=/live): how a browser's EventSource authenticates.",
         ))),
     );
+    for schema in components.schemas.values_mut() {
+        unwrap_described_fields(schema);
+    }
     for (name, response) in shared_responses() {
         components
             .responses
@@ -78,6 +81,25 @@ pub(crate) fn document(routes: impl IntoIterator<Item = OpenApi>) -> OpenApi {
         }
     }
     doc
+}
+
+/// utoipa gives a described field of an inlined type (a [`super::Text`]) as a `oneOf` of
+/// that one schema beside the description; the contract says the same thing plainly, the
+/// schema with the description in it.
+fn unwrap_described_fields(schema: &mut RefOr<Schema>) {
+    let RefOr::T(Schema::Object(object)) = schema else {
+        return;
+    };
+    for field in object.properties.values_mut() {
+        let RefOr::T(Schema::OneOf(one)) = field else {
+            continue;
+        };
+        if let [RefOr::T(Schema::Object(inner))] = one.items.as_slice() {
+            let mut inner = inner.clone();
+            inner.description = one.description.take().or(inner.description);
+            *field = RefOr::T(Schema::Object(inner));
+        }
+    }
 }
 
 /// The error answers the shared layers may give, as reusable responses.

@@ -121,15 +121,4 @@ mod tests {
             );
         }
     }
-
-    #[test]
-    fn both_dialects_know_the_same_versions() {
-        for b in REGISTRY {
-            for set in b.migrations {
-                let versions =
-                    |m: &sqlx::migrate::Migrator| m.iter().map(|m| m.version).collect::<Vec<_>>();
-                assert_eq!(versions(&set.sqlite), versions(&set.postgres), "{}", b.role);
-            }
-        }
-    }
 }

@@ -10,9 +10,7 @@ use utoipa_axum::routes;
 use super::store::{self, Election, ElectionResult};
 use crate::domain::ElectionStatus;
 use crate::events::{Event, NominationAccepted};
-use crate::http::{
-    page, text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, User,
-};
+use crate::http::{page, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Text, User};
 use crate::roles::grants;
 
 /// The election routes, described as they are served.
@@ -43,12 +41,8 @@ struct Filter {
 #[derive(Deserialize, utoipa::ToSchema)]
 struct Nomination {
     /// 1–100 characters: yourself, or anyone if you manage the meeting.
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    candidate: String,
+    #[schema(inline)]
+    candidate: Text<100>,
 }
 
 /// An election as clients see it: its row and its candidates in nomination order.
@@ -167,7 +161,7 @@ async fn nominate(
             e.status
         )));
     }
-    let candidate = text_field("candidate", &body.candidate, 100)?;
+    let candidate = body.candidate.into_string();
     let manager = grants::is_manager(&mut *tx, &e.meeting_id, &user.0).await?;
     if !may_nominate(manager, &user.0, &candidate) {
         return Err(ApiError::Forbidden(

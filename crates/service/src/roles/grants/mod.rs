@@ -9,13 +9,13 @@ use crate::events::PermissionChange;
 use crate::http::ApiError;
 use crate::messaging::HandleError;
 use crate::store::for_update;
-use crate::store::Migrations;
+use crate::store::{migrations, Migrations};
 
 /// The `grants` table (versions 50–99), for roles that keep the copy.
-pub(super) static MIGRATIONS: Migrations = Migrations {
-    sqlite: sqlx::migrate!("./src/roles/grants/migrations/sqlite"),
-    postgres: sqlx::migrate!("./src/roles/grants/migrations/postgres"),
-};
+pub(super) static MIGRATIONS: Migrations = migrations!(
+    "src/roles/grants/migrations",
+    ["0050_grants", "0051_grant_versions"]
+);
 
 /// Apply `permission.granted` (`granted = true`) or `permission.revoked`, in the order the
 /// permission service made them: a change older than the last one applied for this user and
@@ -110,6 +110,17 @@ pub(crate) async fn require_manager(
             crate::text::short(meeting_id)
         )))
     }
+}
+
+/// A unit of work for a change to `meeting_id` that only its managers may make: 403 unless
+/// `user` manages it.
+pub(crate) async fn managed_work(
+    state: &crate::http::AppState,
+    meeting_id: &str,
+    user: &crate::http::User,
+) -> Result<crate::messaging::outbox::Work, ApiError> {
+    require_manager(&state.pool, meeting_id, &user.0).await?;
+    Ok(state.outbox.begin().await?)
 }
 
 #[cfg(test)]

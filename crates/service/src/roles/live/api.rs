@@ -21,7 +21,7 @@ use super::hub::{Hub, Position};
 use super::subscriber::{self, Seat, Subscriber};
 use crate::config::{LiveSettings, Secret};
 use crate::http::auth::{bearer, Verified};
-use crate::http::{ApiError, ApiPath, AppState, Auth, ErrorBody};
+use crate::http::{ApiError, ApiPath, AppState, Auth, ErrorBody, UserName};
 use crate::messaging::{unix_seconds, Broker};
 
 /// The cookie `POST /live/session` sets: the bearer token itself, for `/live` only.
@@ -147,12 +147,8 @@ async fn close_session(Extension(live): Extension<Arc<Live>>) -> Response {
 #[derive(Deserialize, utoipa::ToSchema)]
 struct DevSignIn {
     /// 1–200 characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    user: String,
+    #[schema(inline)]
+    user: UserName,
     /// Seconds the token lives, 5–86400; default an hour.
     #[schema(minimum = 5, maximum = 86400)]
     #[serde(default, deserialize_with = "whole_number")]
@@ -198,7 +194,7 @@ async fn dev_session(
             "no such route (sign-in by user name exists in development mode only)".into(),
         ));
     };
-    let user = crate::http::text_field("user", &body.user, 200)?;
+    let user = body.user.into_string();
     let ttl = body.ttl_seconds.unwrap_or(3600);
     if !(5..=86_400).contains(&ttl) {
         return Err(ApiError::Invalid(
@@ -206,7 +202,7 @@ async fn dev_session(
         ));
     }
     let token = crate::http::auth::issue(key, &user, Duration::from_secs(ttl))
-        .map_err(|e| ApiError::Internal(format!("cannot sign a token: {e}")))?;
+        .map_err(|e| ApiError::Internal(e.context("cannot sign a token")))?;
     Ok(Json(DevToken {
         token,
         expires_at: unix_seconds() + ttl,

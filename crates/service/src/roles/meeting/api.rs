@@ -14,9 +14,7 @@ use crate::envelope::now_rfc3339;
 use crate::events::{
     AgendaItemAdded, AgendaItemOpened, ElectionCreate, ElectionStart, Event, MeetingCreated,
 };
-use crate::http::{
-    text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Paging, User,
-};
+use crate::http::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Paging, Title, User};
 use crate::messaging::Work;
 use crate::roles::grants;
 
@@ -34,27 +32,18 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 struct NewMeeting {
     /// 1–200 characters, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    title: String,
+    #[schema(inline)]
+    title: Title,
 }
 
 /// An agenda item to add.
 #[derive(Deserialize, utoipa::ToSchema)]
 struct NewItem {
     /// 1–200 characters, no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    title: String,
+    #[schema(inline)]
+    title: Title,
     /// `election` or `discussion`.
-    #[schema(value_type = ItemKind)]
-    kind: String,
+    kind: ItemKind,
 }
 
 /// A meeting with its agenda and the managers known here.
@@ -97,17 +86,10 @@ async fn find_meeting(state: &AppState, id: &str) -> Result<Meeting, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no meeting {id}")))
 }
 
-/// The meeting, checked to exist and to be managed by `user`.
-async fn managed_meeting(state: &AppState, id: &str, user: &User) -> Result<Meeting, ApiError> {
-    let meeting = find_meeting(state, id).await?;
-    grants::require_manager(&state.pool, id, &user.0).await?;
-    Ok(meeting)
-}
-
-/// A unit of work on a meeting `user` manages.
+/// A unit of work on a meeting that exists and that `user` manages.
 async fn managed_work(state: &AppState, id: &str, user: &User) -> Result<Work, ApiError> {
-    managed_meeting(state, id, user).await?;
-    Ok(state.outbox.begin().await?)
+    find_meeting(state, id).await?;
+    grants::managed_work(state, id, user).await
 }
 
 /// Create a meeting; its creator becomes its manager once the grant comes back.
@@ -122,7 +104,7 @@ async fn create_meeting(
 ) -> Result<(StatusCode, Json<MeetingView>), ApiError> {
     let meeting = Meeting {
         id: Uuid::new_v4().to_string(),
-        title: text_field("title", &body.title, 200)?,
+        title: body.title.into_string(),
         created_by: user.0,
         created_at: now_rfc3339(),
         current_item_id: None,
@@ -188,13 +170,9 @@ async fn add_item(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<NewItem>,
 ) -> Result<(StatusCode, Json<AgendaItem>), ApiError> {
-    managed_meeting(&state, &id, &user).await?;
-    let title = text_field("title", &body.title, 200)?;
-    let kind: ItemKind = body.kind.parse().map_err(|e: crate::domain::UnknownWord| {
-        ApiError::Invalid(format!("kind must be {}, not {:?}", e.choices(), body.kind))
-    })?;
+    let mut tx = managed_work(&state, &id, &user).await?;
+    let (title, kind) = (body.title.into_string(), body.kind);
     let item_id = Uuid::new_v4().to_string();
-    let mut tx = state.outbox.begin().await?;
     // The next position is read and taken under the meeting's lock.
     store::meeting_locked(&mut tx, &id).await?;
     store::insert_item(
@@ -213,7 +191,7 @@ async fn add_item(
     .await?;
     let item = store::item(&mut *tx, &id, &item_id)
         .await?
-        .ok_or_else(|| ApiError::Internal("agenda item vanished after insert".into()))?;
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("agenda item vanished after insert")))?;
     tx.emit(Event::AgendaItemAdded(AgendaItemAdded {
         meeting_id: id.clone(),
         agenda_item_id: item_id.clone(),

@@ -13,7 +13,7 @@ use sqlx::AnyConnection;
 use crate::domain::MeetingRole;
 use crate::events::{Event, PermissionChange};
 use crate::http::{
-    text_field, ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Paging, User,
+    ApiError, ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, Paging, User, UserName,
 };
 
 /// The permission routes, described as they are served.
@@ -36,15 +36,10 @@ pub(super) struct GrantView {
 #[derive(Deserialize, utoipa::ToSchema)]
 struct Grant {
     /// Who receives it (1–200 characters).
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    user_id: String,
+    #[schema(inline)]
+    user_id: UserName,
     /// The role.
-    #[schema(value_type = MeetingRole)]
-    role: String,
+    role: MeetingRole,
 }
 
 async fn known_meeting(db: impl sqlx::any::AnyExecutor<'_>, id: &str) -> Result<(), ApiError> {
@@ -138,8 +133,7 @@ async fn grant(
     let mut tx = state.outbox.begin().await?;
     locked_meeting(&mut tx, &id).await?;
     require_manager(&mut *tx, &id, &user).await?;
-    let user_id = text_field("user_id", &body.user_id, 200)?;
-    let role = known_role(&body.role)?;
+    let (user_id, role) = (body.user_id.into_string(), body.role);
     if !store::grant(&mut tx, &id, &user_id, role, &user.0).await? {
         return Err(ApiError::Conflict(format!(
             "{user_id} already holds {role} on meeting {id}"

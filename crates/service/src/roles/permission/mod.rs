@@ -6,7 +6,7 @@ mod handlers;
 mod store;
 
 use super::Behaviour;
-use crate::store::{Migrations, COMMON};
+use crate::store::{migrations, Migrations, COMMON};
 
 /// What the permission role does.
 pub(super) static BEHAVIOUR: Behaviour = Behaviour {
@@ -18,7 +18,7 @@ pub(super) static BEHAVIOUR: Behaviour = Behaviour {
 };
 
 /// This role's tables (versions 100 and up).
-static MIGRATIONS: Migrations = Migrations {
-    sqlite: sqlx::migrate!("./src/roles/permission/migrations/sqlite"),
-    postgres: sqlx::migrate!("./src/roles/permission/migrations/postgres"),
-};
+static MIGRATIONS: Migrations = migrations!(
+    "src/roles/permission/migrations",
+    ["0100_permission", "0101_permission_versions"]
+);

@@ -225,8 +225,7 @@ async fn close(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<BallotView>, ApiError> {
     let b = find(&state.pool, &id).await?;
-    grants::require_manager(&state.pool, &b.meeting_id, &user.0).await?;
-    let mut tx = state.outbox.begin().await?;
+    let mut tx = grants::managed_work(&state, &b.meeting_id, &user).await?;
     let b = found(&id, store::by_id_locked(&mut tx, &id, true).await?)?;
     if b.status != BallotStatus::Open {
         return Err(ApiError::Conflict(format!("ballot {id} is already closed")));

@@ -6,7 +6,7 @@ mod handlers;
 mod store;
 
 use super::Behaviour;
-use crate::store::{Migrations, COMMON};
+use crate::store::{migrations, Migrations, COMMON};
 
 /// What the voting role does.
 pub(super) static BEHAVIOUR: Behaviour = Behaviour {
@@ -18,7 +18,4 @@ pub(super) static BEHAVIOUR: Behaviour = Behaviour {
 };
 
 /// This role's tables (versions 100 and up).
-static MIGRATIONS: Migrations = Migrations {
-    sqlite: sqlx::migrate!("./src/roles/voting/migrations/sqlite"),
-    postgres: sqlx::migrate!("./src/roles/voting/migrations/postgres"),
-};
+static MIGRATIONS: Migrations = migrations!("src/roles/voting/migrations", ["0100_voting"]);

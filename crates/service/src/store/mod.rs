@@ -1,11 +1,13 @@
 //! The role's store (docs/architecture.md §7): SQLite by default, PostgreSQL when
 //! `DATABASE_URL` says `postgres://`. One codebase through sqlx's `Any` driver: the same
-//! queries where the dialects agree (`$1` placeholders work in both), migrations per dialect,
-//! and the few differences — row locks, how a write transaction begins — behind this module.
+//! queries where the dialects agree (`$1` placeholders work in both), one migration tree
+//! with a file per dialect only where the SQL differs, and the few differences — row locks, how a write transaction begins — behind this module.
 //!
 //! Every role gets the shared `outbox`/`inbox` tables plus its own; each migration set has
 //! its own version range (common 1–49, grants 50–99, role 100+) so they can share one
 //! `_sqlx_migrations` table. The sets are listed in the role's definition.
+
+mod migrations;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -14,10 +16,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTypeInfo, AnyValueRef};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Database, Decode, Encode, Transaction, Type};
 
 pub(crate) use crate::config::Dialect;
+pub(crate) use migrations::{
+    migration, migrations, Migration, Migrations, Sql as MigrationSql, COMMON,
+};
 
 /// The dialect of an open connection.
 fn dialect_of(conn: &AnyConnection) -> Dialect {
@@ -27,27 +31,6 @@ fn dialect_of(conn: &AnyConnection) -> Dialect {
         Dialect::Sqlite
     }
 }
-
-/// A role's migrations, one set per dialect, with the same versions in both.
-pub(crate) struct Migrations {
-    pub(crate) sqlite: Migrator,
-    pub(crate) postgres: Migrator,
-}
-
-impl Migrations {
-    fn for_dialect(&self, dialect: Dialect) -> &Migrator {
-        match dialect {
-            Dialect::Sqlite => &self.sqlite,
-            Dialect::Postgres => &self.postgres,
-        }
-    }
-}
-
-/// The shared migrations every role's store starts with (outbox and inbox, versions 1–49).
-pub(crate) static COMMON: Migrations = Migrations {
-    sqlite: sqlx::migrate!("./migrations/common/sqlite"),
-    postgres: sqlx::migrate!("./migrations/common/postgres"),
-};
 
 /// Whether `e` says the store cannot be reached or written now (no connection came free or
 /// could be opened in time, the connection failed, a SQLite file that cannot be written): a
@@ -159,7 +142,7 @@ impl Store {
     async fn migrate(&self, migrations: &[&'static Migrations]) -> anyhow::Result<()> {
         let known: BTreeSet<i64> = migrations
             .iter()
-            .flat_map(|m| m.for_dialect(self.dialect).iter().map(|m| m.version))
+            .flat_map(|set| set.list.iter().map(Migration::version))
             .collect();
         if let Some(newer) = self.applied_versions().await?.difference(&known).max() {
             anyhow::bail!(
@@ -169,15 +152,12 @@ impl Store {
             );
         }
         for set in migrations {
-            let mut migrator = Migrator {
-                migrations: set.for_dialect(self.dialect).migrations.clone(),
-                ..Migrator::DEFAULT
-            };
-            // The other sets' versions are in the same table; they are not "missing".
             // Replicas starting together queue on the migrator's lock (PostgreSQL advisory
             // lock), so each migration runs once.
-            migrator.set_ignore_missing(true);
-            migrator.run(&self.pool).await?;
+            set.migrator(self.dialect)
+                .run(&self.pool)
+                .await
+                .map_err(|e| anyhow::anyhow!("the migrations of {}: {e}", set.dir))?;
         }
         Ok(())
     }
