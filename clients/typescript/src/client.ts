@@ -76,8 +76,15 @@ export class Client {
     return this.call("get", "/meetings/{id}", { id });
   }
 
-  addItem(meeting: string, title: string, kind: Schemas["ItemKind"]): Promise<Schemas["AgendaItem"]> {
-    return this.call("post", "/meetings/{id}/agenda-items", { id: meeting }, { title, kind });
+  /** An agenda item; an election item may fill `seats` (1–50, default 1). */
+  addItem(
+    meeting: string,
+    title: string,
+    kind: Schemas["ItemKind"],
+    seats?: number,
+  ): Promise<Schemas["AgendaItem"]> {
+    const body = seats === undefined ? { title, kind } : { title, kind, seats };
+    return this.call("post", "/meetings/{id}/agenda-items", { id: meeting }, body);
   }
 
   openItem(meeting: string, item: string): Promise<Schemas["AgendaItem"]> {

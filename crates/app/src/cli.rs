@@ -104,6 +104,10 @@ pub enum EventsCommand {
         /// Send DATA's bytes as they are, without an envelope (to test parking).
         #[arg(long)]
         raw: bool,
+        /// The envelope's `event_version`: DATA is in that version of its type (default: the
+        /// type's newest, or 1 for a type outside the catalogue).
+        #[arg(long)]
+        event_version: Option<u32>,
         routing_key: String,
         data: String,
     },

@@ -62,9 +62,10 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Openapi => commands::openapi().map(|doc| println!("{doc}")),
         Command::Events(EventsCommand::Publish {
             raw,
+            event_version,
             routing_key,
             data,
-        }) => Ok(operator::publish(raw, &routing_key, &data).await?),
+        }) => Ok(operator::publish(raw, event_version, &routing_key, &data).await?),
         Command::Events(EventsCommand::Tail { bindings }) => Ok(operator::tail(&bindings).await?),
         Command::Dlq(DlqCommand::List { service }) => Ok(operator::dlq_list(&service).await?),
         Command::Dlq(DlqCommand::Replay { service, id, all }) => {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 macro_rules! word_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant),+
@@ -135,9 +135,9 @@ word_enum! {
 word_enum! {
     /// How an election ended.
     Outcome {
-        /// One candidate has the most votes.
+        /// The seats are filled: one candidate per seat, by most votes.
         Elected = "elected",
-        /// Several candidates share the most votes; all of them are winners.
+        /// Several candidates share the votes of the last seat; all of them are winners.
         Tie = "tie",
         /// The ballot closed without a vote.
         NoVotes = "no_votes",
@@ -158,21 +158,31 @@ pub fn votes_counted(tally: &BTreeMap<String, u64>) -> u64 {
     tally.values().fold(0u64, |a, n| a.saturating_add(*n))
 }
 
-/// Who won, from a tally: the candidates with the most votes (all of them on a tie).
-pub fn decide(tally: &BTreeMap<String, u64>, votes_cast: u64) -> (Outcome, Vec<String>) {
-    let top = tally.values().copied().max().unwrap_or(0);
-    if votes_cast == 0 || top == 0 {
+/// Who won `seats` seats, from a tally (each voter one vote): the `seats` candidates with the
+/// most votes, in name order. When candidates share the votes of the last seat, every one of
+/// them is a winner and the outcome is a tie; fewer candidates with votes than seats are all
+/// elected.
+pub fn decide(
+    tally: &BTreeMap<String, u64>,
+    votes_cast: u64,
+    seats: u32,
+) -> (Outcome, Vec<String>) {
+    let mut counts: Vec<u64> = tally.values().copied().filter(|n| *n > 0).collect();
+    if votes_cast == 0 || counts.is_empty() {
         return (Outcome::NoVotes, vec![]);
     }
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let seats = (seats.max(1) as usize).min(counts.len());
+    let cut = counts[seats - 1];
     let winners: Vec<String> = tally
         .iter()
-        .filter(|(_, n)| **n == top)
+        .filter(|(_, n)| **n >= cut)
         .map(|(c, _)| c.clone())
         .collect();
-    let outcome = if winners.len() == 1 {
-        Outcome::Elected
-    } else {
+    let outcome = if winners.len() > seats {
         Outcome::Tie
+    } else {
+        Outcome::Elected
     };
     (outcome, winners)
 }
@@ -214,7 +224,7 @@ mod tests {
     #[test]
     fn one_leader_is_elected() {
         assert_eq!(
-            decide(&tally(&[("ada", 2), ("bob", 1)]), 3),
+            decide(&tally(&[("ada", 2), ("bob", 1)]), 3, 1),
             (Outcome::Elected, vec!["ada".into()])
         );
     }
@@ -222,7 +232,7 @@ mod tests {
     #[test]
     fn a_shared_lead_is_a_tie_with_every_tied_candidate_winning() {
         assert_eq!(
-            decide(&tally(&[("ada", 2), ("bob", 2), ("cy", 1)]), 5),
+            decide(&tally(&[("ada", 2), ("bob", 2), ("cy", 1)]), 5, 1),
             (Outcome::Tie, vec!["ada".into(), "bob".into()])
         );
     }
@@ -230,9 +240,42 @@ mod tests {
     #[test]
     fn no_votes_means_no_winner() {
         assert_eq!(
-            decide(&tally(&[("ada", 0), ("bob", 0)]), 0),
+            decide(&tally(&[("ada", 0), ("bob", 0)]), 0, 3),
             (Outcome::NoVotes, vec![])
         );
-        assert_eq!(decide(&BTreeMap::new(), 0), (Outcome::NoVotes, vec![]));
+        assert_eq!(decide(&BTreeMap::new(), 0, 1), (Outcome::NoVotes, vec![]));
+    }
+
+    #[test]
+    fn three_seats_go_to_the_three_with_the_most_votes() {
+        let board = tally(&[("ada", 4), ("bob", 1), ("cy", 3), ("dee", 2), ("eve", 0)]);
+        assert_eq!(
+            decide(&board, 10, 3),
+            (
+                Outcome::Elected,
+                vec!["ada".into(), "cy".into(), "dee".into()]
+            )
+        );
+    }
+
+    #[test]
+    fn a_tie_for_the_last_seat_names_everyone_in_it() {
+        let board = tally(&[("ada", 4), ("bob", 2), ("cy", 3), ("dee", 2)]);
+        assert_eq!(
+            decide(&board, 11, 3),
+            (
+                Outcome::Tie,
+                vec!["ada".into(), "bob".into(), "cy".into(), "dee".into()]
+            )
+        );
+    }
+
+    #[test]
+    fn fewer_candidates_with_votes_than_seats_are_all_elected() {
+        let board = tally(&[("ada", 4), ("bob", 0), ("cy", 1)]);
+        assert_eq!(
+            decide(&board, 5, 3),
+            (Outcome::Elected, vec!["ada".into(), "cy".into()])
+        );
     }
 }

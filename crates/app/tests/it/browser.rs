@@ -41,7 +41,7 @@ async fn text_of(browser: &Browser, id: &str) -> String {
 }
 
 /// Wait until the element `id` reads exactly `text`.
-async fn until_text(browser: &Browser, id: &str, text: &str) {
+pub(crate) async fn until_text(browser: &Browser, id: &str, text: &str) {
     let script = format!(
         "return document.getElementById({}).textContent === {}",
         json!(id),
@@ -52,19 +52,76 @@ async fn until_text(browser: &Browser, id: &str, text: &str) {
         .await;
 }
 
-#[tokio::test]
-async fn the_meeting_page_follows_a_meeting_live_and_catches_up_on_a_new_replica() {
-    let mut ctx = Ctx::new();
-    // The page's origin is fixed: the replica it is on is replaced by one on the same port.
-    let page_port = free_port();
-    let page_origin = format!("http://127.0.0.1:{page_port}");
+/// Sign in as alice and create a meeting titled `title` from the page; once the grant came
+/// back through permission and the stream (the manager's controls appear), its id.
+pub(crate) async fn sign_in_and_create(browser: &Browser, title: &str) -> String {
+    browser.fill("#user", "alice").await;
+    browser.click("#sign-in-form button").await;
+    browser
+        .until(
+            "alice signed in",
+            WAIT,
+            "return window.live.user === 'alice'",
+        )
+        .await;
+    browser.fill("#meeting-title", title).await;
+    browser.click("#create-form button").await;
+    let id = browser
+        .until(
+            "the new meeting",
+            WAIT,
+            "return !document.getElementById('meeting').hidden && window.live.meeting.id",
+        )
+        .await;
+    until_text(browser, "managers", "alice").await;
+    id.as_str().expect("a meeting id").to_string()
+}
+
+/// Add an election item (of `seats`, if given) and open it from the page; once its election
+/// takes nominations, the election's id.
+pub(crate) async fn add_and_open_election(
+    browser: &Browser,
+    title: &str,
+    seats: Option<&str>,
+) -> String {
+    browser.fill("#item-title", title).await;
+    if let Some(seats) = seats {
+        browser.fill("#item-seats", seats).await;
+    }
+    browser.click("#item-form button").await;
+    browser
+        .until(
+            "the item, pending",
+            WAIT,
+            "return document.querySelector('#agenda li[data-status=pending] button')",
+        )
+        .await;
+    browser
+        .click("#agenda li[data-status=pending] button")
+        .await;
+    until_text(browser, "election-status", "nominating").await;
+    let election_id = browser
+        .eval(
+            "return [...window.live.meeting.elections.keys()][0]",
+            vec![],
+        )
+        .await;
+    election_id.as_str().expect("an election id").to_string()
+}
+
+/// The four roles a page at `page_origin` calls, with CORS for it, and the live role's
+/// settings told where they answer.
+pub(crate) async fn roles_for_page(
+    ctx: &mut Ctx,
+    page_origin: &str,
+) -> (Running, Running, Running, Running) {
     ctx.extra
-        .insert("CORS_ALLOWED_ORIGINS".into(), page_origin.clone());
+        .insert("CORS_ALLOWED_ORIGINS".into(), page_origin.to_string());
     let (permission, election, voting, meeting) = tokio::join!(
-        Running::spawn(&ctx, &PERMISSION),
-        Running::spawn(&ctx, &ELECTION),
-        Running::spawn(&ctx, &VOTING),
-        Running::spawn(&ctx, &MEETING),
+        Running::spawn(ctx, &PERMISSION),
+        Running::spawn(ctx, &ELECTION),
+        Running::spawn(ctx, &VOTING),
+        Running::spawn(ctx, &MEETING),
     );
     let origins = format!(
         "meeting={},election={},voting={},permission={}",
@@ -74,6 +131,16 @@ async fn the_meeting_page_follows_a_meeting_live_and_catches_up_on_a_new_replica
         LIVE.name,
         [("LIVE_API_ORIGINS".to_string(), origins)].into(),
     );
+    (permission, election, voting, meeting)
+}
+
+#[tokio::test]
+async fn the_meeting_page_follows_a_meeting_live_and_catches_up_on_a_new_replica() {
+    let mut ctx = Ctx::new();
+    // The page's origin is fixed: the replica it is on is replaced by one on the same port.
+    let page_port = free_port();
+    let page_origin = format!("http://127.0.0.1:{page_port}");
+    let (permission, election, voting, meeting) = roles_for_page(&mut ctx, &page_origin).await;
     // A witness replica that stays up: the full record to compare the page with.
     let witness = Running::spawn(&ctx, &LIVE).await;
     let page_replica = || async {
@@ -101,51 +168,11 @@ async fn the_meeting_page_follows_a_meeting_live_and_catches_up_on_a_new_replica
         .await;
 
     // Sign in and create a meeting from the page; the page follows it at once.
-    browser.fill("#user", "alice").await;
-    browser.click("#sign-in-form button").await;
-    browser
-        .until(
-            "alice signed in",
-            WAIT,
-            "return window.live.user === 'alice'",
-        )
-        .await;
-    browser.fill("#meeting-title", "Browser walk").await;
-    browser.click("#create-form button").await;
-    let id = browser
-        .until(
-            "the new meeting",
-            WAIT,
-            "return !document.getElementById('meeting').hidden && window.live.meeting.id",
-        )
-        .await;
-    let id = id.as_str().expect("a meeting id").to_string();
-    // The grant comes back through permission and the stream: the manager's controls appear.
-    until_text(&browser, "managers", "alice").await;
-
+    let id = sign_in_and_create(&browser, "Browser walk").await;
     // An election item, added and opened from the page.
-    browser.fill("#item-title", "Elect the chair").await;
-    browser.click("#item-form button").await;
-    browser
-        .until(
-            "the item, pending",
-            WAIT,
-            "return document.querySelector('#agenda li[data-status=pending] button')",
-        )
-        .await;
-    browser
-        .click("#agenda li[data-status=pending] button")
-        .await;
-    until_text(&browser, "election-status", "nominating").await;
+    let election_id = add_and_open_election(&browser, "Elect the chair", None).await;
 
     // Nominations made over REST by others appear on the page one by one.
-    let election_id = browser
-        .eval(
-            "return [...window.live.meeting.elections.keys()][0]",
-            vec![],
-        )
-        .await;
-    let election_id = election_id.as_str().expect("an election id").to_string();
     for (n, who) in ["ada", "grace"].into_iter().enumerate() {
         let (s, body) = Client::as_user(who)
             .post(

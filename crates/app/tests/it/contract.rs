@@ -17,21 +17,50 @@ fn document() -> &'static Value {
     })
 }
 
-/// The payload schema reference of the message named `event_type`.
-fn payload_ref(event_type: &str) -> Option<String> {
+/// The payload schema reference of the message of version `version` of `event_type`.
+fn payload_ref(event_type: &str, version: u32) -> Option<String> {
     document()["components"]["messages"]
         .as_object()?
         .values()
-        .find(|m| m["name"] == event_type)?["payload"]["$ref"]
+        .find(|m| m["name"] == event_type && m["x-event-version"] == version)?["payload"]["$ref"]
         .as_str()
         .map(String::from)
+}
+
+/// The schema a `#/components/schemas/…` reference names.
+fn resolve(reference: &str) -> &'static Value {
+    let name = reference.trim_start_matches("#/components/schemas/");
+    &document()["components"]["schemas"][name]
+}
+
+/// The field names of an object schema, and those it requires, sorted.
+fn fields(schema: &Value) -> (Vec<String>, Vec<String>) {
+    let mut names: Vec<String> = schema["properties"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut required: Vec<String> = schema["required"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    required.sort();
+    (names, required)
 }
 
 /// Every envelope validates against the payload schema of its message in the contract.
 pub fn assert_conforms(events: &[Envelope]) {
     for env in events {
-        let reference = payload_ref(&env.event_type)
-            .unwrap_or_else(|| panic!("{} is not in asyncapi.yaml", env.event_type));
+        let reference = payload_ref(&env.event_type, env.event_version).unwrap_or_else(|| {
+            panic!(
+                "{} v{} is not in asyncapi.yaml",
+                env.event_type, env.event_version
+            )
+        });
         // The whole document as the schema root, so `#/components/…` references resolve.
         let mut root = document().clone();
         root["$ref"] = Value::String(reference);
@@ -71,11 +100,36 @@ fn services(action: &str, address: &str) -> BTreeSet<String> {
 }
 
 #[test]
+fn the_contract_lists_every_version_with_the_fields_of_its_committed_schema() {
+    for t in EventType::ALL {
+        for v in t.versions() {
+            let key = t.routing_key();
+            let reference = payload_ref(key, v)
+                .unwrap_or_else(|| panic!("{key} v{v} missing from asyncapi.yaml"));
+            let event = resolve(&reference);
+            let data = event["allOf"][1]["properties"]["data"]["$ref"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{reference} names its data schema"));
+            assert_eq!(
+                event["allOf"][1]["properties"]["event_version"]["const"], v,
+                "{reference} pins its version"
+            );
+            let schema = meeting_events::wire::schemas::schema(*t, v).expect("a schema");
+            assert_eq!(
+                fields(resolve(data)),
+                fields(&schema),
+                "{key} v{v}: asyncapi.yaml's {data} and schemas/events disagree"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_contract_describes_every_event_of_the_catalogue() {
     for t in EventType::ALL {
         let key = t.routing_key();
         assert!(
-            payload_ref(key).is_some(),
+            payload_ref(key, 1).is_some(),
             "{key} missing from asyncapi.yaml"
         );
         let producers: BTreeSet<String> = t.producers().map(|r| r.service_name()).collect();

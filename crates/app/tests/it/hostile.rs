@@ -248,6 +248,7 @@ async fn a_message_over_the_size_limit_is_parked_unread() {
             meeting_id: "m-big".into(),
             agenda_item_id: "i".into(),
             title: "t".into(),
+            seats: 1,
         }),
         "meeting-service",
     );

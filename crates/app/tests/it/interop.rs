@@ -101,6 +101,7 @@ async fn mq_py_publish_event_drives_our_election_service() {
     assert_eq!(e["status"], "nominating");
     assert_eq!(e["title"], "Chair (from Python)");
     assert_eq!(e["agenda_item_id"], "py-item");
+    assert_eq!(e["seats"], 1, "mq.py's version 1 reads as one seat");
 
     // And mq.py's start event moves it on (no candidates → cancelled).
     let start = json!({"meeting_id": "py-meeting", "agenda_item_id": "py-item"}).to_string();

@@ -56,6 +56,7 @@ async fn poison_messages_are_parked_with_their_reason_while_good_traffic_flows()
                 meeting_id: "m-poison".into(),
                 agenda_item_id: format!("i{n}"),
                 title: "T".into(),
+                seats: 1,
             }),
             "meeting-service",
         )
@@ -157,6 +158,7 @@ async fn a_start_that_overtakes_its_create_is_applied_once_the_create_arrives() 
             meeting_id: "m-ooo".into(),
             agenda_item_id: "i1".into(),
             title: "T".into(),
+            seats: 1,
         }),
         "meeting-service",
     );
@@ -247,6 +249,7 @@ async fn a_failing_event_in_a_batch_costs_only_itself() {
                 meeting_id: "m-batch".into(),
                 agenda_item_id: format!("i{i}"),
                 title: "T".into(),
+                seats: 1,
             }),
             "meeting-service",
         );

@@ -36,6 +36,24 @@ pub mod list {
     }
 }
 
+/// A comma-separated list of `event_type=version` pins.
+pub mod pins {
+    use super::*;
+
+    pub fn deserialize<'de, D>(d: D) -> Result<Pins, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        let pins: Vec<Pin> = list::deserialize(d)?;
+        let mut types: Vec<_> = pins.iter().map(|p| p.event_type).collect();
+        types.sort();
+        if let Some(twice) = types.windows(2).find(|w| w[0] == w[1]) {
+            return Err(D::Error::custom(format!("{} is pinned twice", twice[0])));
+        }
+        Ok(pins.into_iter().collect())
+    }
+}
+
 /// A comma-separated list of durations such as `1s,5s,30s`.
 pub mod durations {
     use super::*;

@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::domain::{word_enum, UnknownWord};
 use crate::system::{self, Role};
+use crate::wire::versions::{Pin, Pins};
 
 pub use layers::{config_dir, process_env};
 pub use values::*;
@@ -70,6 +71,12 @@ pub struct MqSettings {
     /// Producers that publish unstamped through an ingress exchange of their own.
     #[serde(default, with = "de::list")]
     pub ingress: Vec<String>,
+    /// The version this role publishes of each event type (docs/architecture.md §3).
+    #[serde(default, with = "de::pins")]
+    pub emit_versions: Pins,
+    /// The newest version this role reads of each event type.
+    #[serde(default, with = "de::pins")]
+    pub read_versions: Pins,
 }
 
 impl MqSettings {

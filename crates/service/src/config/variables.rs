@@ -114,6 +114,18 @@ pub const VARIABLES: &[Variable] = &[
         scope: Scope::Shared("mq.ingress"),
     },
     Variable {
+        name: "EVENT_EMIT_VERSIONS",
+        help: "the version this role publishes of an event type, `event_type=version` comma-separated (`agenda.election.create=1` while some consumer reads only version 1); an event the pinned version cannot say is refused (409), never sent half-meant",
+        default: Fallback::Absent("each type's newest version"),
+        scope: Scope::Shared("mq.emit_versions"),
+    },
+    Variable {
+        name: "EVENT_READ_VERSIONS",
+        help: "the newest version this role reads of an event type, `event_type=version` comma-separated: a newer one is read as that version only across forward-compatible steps, or parked as `unknown_version` (for running as an older build would, in a rolling deploy)",
+        default: Fallback::Absent("each type's newest version"),
+        scope: Scope::Shared("mq.read_versions"),
+    },
+    Variable {
         name: "MQ_PREFETCH",
         help: "consumer prefetch",
         default: Fallback::Fixed("64"),

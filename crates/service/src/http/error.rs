@@ -1,6 +1,7 @@
 //! The API error: one enum mapped to a status and a JSON body `{"error", "message"}`.
 //! Internal failures are logged with their cause and answered without it.
 
+use crate::messaging::EmitError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -199,6 +200,15 @@ impl From<JsonRejection> for ApiError {
                 "the body must be JSON, sent with Content-Type: application/json".into(),
             ),
             _ => ApiError::BadRequest(text),
+        }
+    }
+}
+
+impl From<EmitError> for ApiError {
+    fn from(e: EmitError) -> Self {
+        match e {
+            unsayable @ EmitError::Unsayable(_) => ApiError::Conflict(unsayable.to_string()),
+            EmitError::Store(e) => ApiError::from(e),
         }
     }
 }

@@ -17,7 +17,7 @@ pub enum ParkReason {
     TooLarge,
     /// JSON, but not an event envelope.
     NotEnvelope,
-    /// An `event_version` this build does not know.
+    /// An `event_version` this consumer does not read (docs/architecture.md §3).
     UnknownVersion,
     /// An `event_type` that is not in the catalogue.
     UnknownType,
@@ -78,7 +78,7 @@ impl From<&DecodeError> for ParkReason {
             DecodeError::NotJson(_) => ParkReason::NotJson,
             DecodeError::TooLarge { .. } => ParkReason::TooLarge,
             DecodeError::NotEnvelope(_) => ParkReason::NotEnvelope,
-            DecodeError::UnknownVersion(_) => ParkReason::UnknownVersion,
+            DecodeError::UnknownVersion { .. } => ParkReason::UnknownVersion,
             DecodeError::UnknownType(_) => ParkReason::UnknownType,
             DecodeError::BadData { .. } => ParkReason::BadData,
         }

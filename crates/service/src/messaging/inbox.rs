@@ -30,13 +30,14 @@ fn digest(envelope: &Envelope) -> String {
 pub(crate) async fn record(tx: &mut AnyConnection, envelope: &Envelope) -> sqlx::Result<Recorded> {
     let hash = digest(envelope);
     let done = sqlx::query(
-        "INSERT INTO inbox (event_id, event_type, applied_at_ms, body_hash) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO inbox (event_id, event_type, applied_at_ms, body_hash, event_version)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(&envelope.event_id)
     .bind(&envelope.event_type)
     .bind(now_ms())
     .bind(&hash)
+    .bind(i64::from(envelope.event_version))
     .execute(&mut *tx)
     .await?;
     if done.rows_affected() == 1 {

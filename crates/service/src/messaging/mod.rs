@@ -16,6 +16,6 @@ pub(crate) mod watchdog;
 
 pub(crate) use connection::{Broker, Session};
 pub(crate) use consumer::{EventHandler, HandleError, HandlerResult};
-pub(crate) use outbox::{Outbox, Work};
+pub(crate) use outbox::{EmitError, Outbox, Work};
 pub use publisher::unix_seconds;
 pub use trace_carrier::AmqpCarrier;

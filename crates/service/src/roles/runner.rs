@@ -38,7 +38,12 @@ pub(crate) async fn run(
     let intake = CancellationToken::new();
     let drain = CancellationToken::new();
     let broker = Broker::start(settings.mq.clone(), drain.clone());
-    let outbox = Outbox::new(&service, &settings.mq.exchange, store.clone());
+    let outbox = Outbox::new(
+        &service,
+        &settings.mq.exchange,
+        &settings.mq.emit_versions,
+        store.clone(),
+    );
     let consumer = tokio::spawn(
         Consumer {
             broker: broker.clone(),

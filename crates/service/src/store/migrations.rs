@@ -92,6 +92,7 @@ pub(crate) static COMMON: Migrations = migrations!(
         "0001_outbox_inbox" => per_dialect,
         "0002_inbox_body_hash",
         "0003_outbox_trace_context",
+        "0004_inbox_event_version",
     ]
 );
 

@@ -59,6 +59,8 @@ pub(crate) mod attr {
     pub const HTTP_STATUS: &str = "http.response.status_code";
     pub const URL_PATH: &str = "url.path";
     pub const CAUSATION_ID: &str = "meeting_events.causation_id";
+    /// The `event_version` the message arrived in (before upcasting).
+    pub const EVENT_VERSION: &str = "meeting_events.event_version";
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);

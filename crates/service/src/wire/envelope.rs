@@ -10,7 +10,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use super::{DecodeError, EVENT_VERSION};
+use super::versions::Pins;
+pub use super::DecodeError;
 use crate::events::Event;
 
 /// The JSON body of every message: the six fields of `mq.py` plus the two tracing fields.
@@ -31,17 +32,30 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// A new envelope for `event`, starting a new chain (its own id is the correlation id).
+    /// A new envelope for `event` in its type's newest version, starting a new chain (its
+    /// own id is the correlation id).
     pub fn new(event: &Event, producer: &str) -> Self {
+        Self::with_data(event, producer, event.event_type().newest(), event.data())
+    }
+
+    /// A new envelope for `event` in the version `emit` pins for its type, or why that
+    /// version cannot say it.
+    pub fn pinned(event: &Event, producer: &str, emit: &Pins) -> Result<Self, String> {
+        let version = emit.of(event.event_type());
+        let data = event.data_at(version)?;
+        Ok(Self::with_data(event, producer, version, data))
+    }
+
+    fn with_data(event: &Event, producer: &str, version: u32, data: Value) -> Self {
         let event_id = Uuid::new_v4().to_string();
         Self {
             event_type: event.event_type().routing_key().to_string(),
-            event_version: EVENT_VERSION,
+            event_version: version,
             correlation_id: Some(event_id.clone()),
             event_id,
             timestamp: now_rfc3339(),
             producer: producer.to_string(),
-            data: event.data(),
+            data,
             causation_id: None,
         }
     }
@@ -68,9 +82,6 @@ impl Envelope {
         if env.event_id.trim().is_empty() {
             return Err(DecodeError::NotEnvelope("event_id is empty".into()));
         }
-        if env.event_version != EVENT_VERSION {
-            return Err(DecodeError::UnknownVersion(env.event_version));
-        }
         Ok(env)
     }
 
@@ -79,9 +90,15 @@ impl Envelope {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The typed event inside.
+    /// The typed event inside, upcast to its type's newest version.
     pub fn event(&self) -> Result<Event, DecodeError> {
-        Event::from_parts(&self.event_type, &self.data)
+        self.event_reading(&Pins::default())
+    }
+
+    /// The typed event inside, for a consumer reading the versions `reads` pins (its
+    /// `EVENT_READ_VERSIONS`), upcast to its type's newest version.
+    pub fn event_reading(&self, reads: &Pins) -> Result<Event, DecodeError> {
+        Event::decode(&self.event_type, self.event_version, &self.data, reads)
     }
 }
 
@@ -113,7 +130,8 @@ mod tests {
             Event::ElectionCreate(ElectionCreate {
                 meeting_id: "m1".into(),
                 agenda_item_id: "a1".into(),
-                title: "Chair".into()
+                title: "Chair".into(),
+                seats: 1,
             })
         );
     }

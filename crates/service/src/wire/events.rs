@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::versions::{self, Pins};
 use super::DecodeError;
 use crate::domain::{ItemKind, MeetingRole, Outcome};
 
@@ -56,7 +57,7 @@ macro_rules! catalogue {
                 }
             }
 
-            /// The `data` object of the envelope.
+            /// The `data` object of the envelope, in the type's newest version.
             pub fn data(&self) -> Value {
                 let value = match self {
                     $(Event::$variant(d) => serde_json::to_value(d)),+
@@ -65,16 +66,95 @@ macro_rules! catalogue {
                 value.unwrap_or(Value::Null)
             }
 
-            /// Type `data` according to `event_type`.
-            pub fn from_parts(event_type: &str, data: &Value) -> Result<Self, DecodeError> {
-                let kind = EventType::from_routing_key(event_type)
-                    .ok_or_else(|| DecodeError::UnknownType(event_type.to_string()))?;
+            /// Type `data` of the newest version of `kind`.
+            fn of_newest(kind: EventType, data: &Value) -> Result<Self, DecodeError> {
                 Ok(match kind {
                     $(EventType::$variant => Event::$variant(typed(kind, data)?)),+
                 })
             }
         }
+
+        impl EventType {
+            /// The JSON Schema of the newest version's `data`, from its Rust type.
+            pub(super) fn newest_schema(self) -> schemars::Schema {
+                match self {
+                    $(EventType::$variant => schemars::schema_for!($payload)),+
+                }
+            }
+        }
     };
+}
+
+impl Event {
+    /// Type `data` of version `version` of `event_type` for a consumer that reads the
+    /// versions `reads` pins: upcast step by step to the newest, which handlers see; a newer
+    /// version than it reads is read as its own only across forward-compatible steps.
+    pub fn decode(
+        event_type: &str,
+        version: u32,
+        data: &Value,
+        reads: &Pins,
+    ) -> Result<Self, DecodeError> {
+        let kind = EventType::from_routing_key(event_type)
+            .ok_or_else(|| DecodeError::UnknownType(event_type.to_string()))?;
+        let reads = reads.of(kind);
+        if let Some(reason) = versions::unreadable(kind, version, reads) {
+            return Err(DecodeError::UnknownVersion {
+                event_type: kind.routing_key().to_string(),
+                version,
+                reason,
+            });
+        }
+        let Value::Object(map) = data else {
+            return Err(DecodeError::BadData {
+                event_type: kind.routing_key().to_string(),
+                reason: "data is not a JSON object".into(),
+            });
+        };
+        let mut map = map.clone();
+        // Newer than this consumer reads, across forward-compatible steps: read as its
+        // own newest, dropping what it would not know, exactly as an older build would.
+        let arrived = if version > reads {
+            versions::convert(kind, &mut map, version, reads).map_err(|reason| {
+                DecodeError::UnknownVersion {
+                    event_type: kind.routing_key().to_string(),
+                    version,
+                    reason,
+                }
+            })?;
+            reads
+        } else {
+            version
+        };
+        versions::convert(kind, &mut map, arrived, kind.newest()).map_err(|reason| {
+            DecodeError::BadData {
+                event_type: kind.routing_key().to_string(),
+                reason,
+            }
+        })?;
+        Self::of_newest(kind, &Value::Object(map))
+    }
+
+    /// The `data` object in version `version` of its type, or why that version cannot say
+    /// this event.
+    pub fn data_at(&self, version: u32) -> Result<Value, String> {
+        let kind = self.event_type();
+        match self.data() {
+            Value::Object(mut map) if version != kind.newest() => {
+                versions::convert(kind, &mut map, kind.newest(), version)
+                    .map_err(|why| format!("{kind} version {version}: {why}"))?;
+                Ok(Value::Object(map))
+            }
+            data => Ok(data),
+        }
+    }
+
+    /// Type `data` of the newest version of `event_type`.
+    pub fn from_parts(event_type: &str, data: &Value) -> Result<Self, DecodeError> {
+        let kind = EventType::from_routing_key(event_type)
+            .ok_or_else(|| DecodeError::UnknownType(event_type.to_string()))?;
+        Self::decode(event_type, kind.newest(), data, &Pins::default())
+    }
 }
 
 catalogue! {
@@ -129,7 +209,7 @@ impl fmt::Display for EventType {
 }
 
 /// `meeting.created`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MeetingCreated {
     pub meeting_id: String,
     pub title: String,
@@ -137,7 +217,7 @@ pub struct MeetingCreated {
 }
 
 /// `agenda.item.added`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgendaItemAdded {
     pub meeting_id: String,
     pub agenda_item_id: String,
@@ -147,7 +227,7 @@ pub struct AgendaItemAdded {
 }
 
 /// `agenda.item.opened`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgendaItemOpened {
     pub meeting_id: String,
     pub agenda_item_id: String,
@@ -157,32 +237,43 @@ pub struct AgendaItemOpened {
     pub previous_item_id: Option<String>,
 }
 
-/// `agenda.election.create`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `agenda.election.create`, version 2 (version 1 has no `seats`: one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ElectionCreate {
     pub meeting_id: String,
     pub agenda_item_id: String,
     pub title: String,
+    /// How many the election fills, at least 1.
+    #[schemars(range(min = 1))]
+    pub seats: u32,
 }
 
 /// `agenda.election.start`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ElectionStart {
     pub meeting_id: String,
     pub agenda_item_id: String,
 }
 
-/// `election.opened`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `election.opened`, version 2 (version 1 has no `seats`: one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ElectionOpened {
     pub election_id: String,
     pub meeting_id: String,
     pub agenda_item_id: String,
     pub title: String,
+    /// How many the election fills; absent means one.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub seats: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// `election.nomination.accepted`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NominationAccepted {
     pub election_id: String,
     pub meeting_id: String,
@@ -191,7 +282,7 @@ pub struct NominationAccepted {
 }
 
 /// `voting.create`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VotingCreate {
     pub election_id: String,
     pub meeting_id: String,
@@ -200,7 +291,7 @@ pub struct VotingCreate {
 }
 
 /// `voting.completed`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VotingCompleted {
     pub ballot_id: String,
     pub election_id: String,
@@ -210,7 +301,7 @@ pub struct VotingCompleted {
 }
 
 /// `voting.ballot.opened`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BallotOpened {
     pub ballot_id: String,
     pub election_id: String,
@@ -219,7 +310,7 @@ pub struct BallotOpened {
 }
 
 /// `voting.vote.counted`: how many votes the ballot holds now; never who voted or for whom.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VoteCounted {
     pub ballot_id: String,
     pub meeting_id: String,
@@ -227,7 +318,7 @@ pub struct VoteCounted {
 }
 
 /// `election.finalized`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ElectionFinalized {
     pub election_id: String,
     pub meeting_id: String,
@@ -238,7 +329,7 @@ pub struct ElectionFinalized {
 }
 
 /// `permission.granted` / `permission.revoked`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PermissionChange {
     pub meeting_id: String,
     pub user_id: String,

@@ -4,9 +4,8 @@
 
 pub mod envelope;
 pub mod events;
-
-/// The only `event_version` this build understands.
-pub const EVENT_VERSION: u32 = 1;
+pub mod schemas;
+pub mod versions;
 
 /// Why a message can never be handled, whatever the number of retries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,8 +16,12 @@ pub enum DecodeError {
     TooLarge { size: usize, max: usize },
     #[error("body is not an event envelope: {0}")]
     NotEnvelope(String),
-    #[error("event_version {0} is not supported (this build knows {EVENT_VERSION})")]
-    UnknownVersion(u32),
+    #[error("event_version {version} of {event_type} is not read here: {reason}")]
+    UnknownVersion {
+        event_type: String,
+        version: u32,
+        reason: String,
+    },
     #[error("event type {0:?} is not handled here")]
     UnknownType(String),
     #[error("data of {event_type} is invalid: {reason}")]

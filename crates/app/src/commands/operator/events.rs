@@ -3,7 +3,12 @@
 use super::*;
 
 /// `app events publish [--raw] ROUTING_KEY DATA`
-pub(crate) async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow::Result<()> {
+pub(crate) async fn publish(
+    raw: bool,
+    event_version: Option<u32>,
+    routing_key: &str,
+    data: &str,
+) -> anyhow::Result<()> {
     let settings = shared_settings()?;
     let mq = &settings.mq;
     let conn = connect(mq).await?;
@@ -30,7 +35,9 @@ pub(crate) async fn publish(raw: bool, routing_key: &str, data: &str) -> anyhow:
         let id = uuid::Uuid::new_v4().to_string();
         let envelope = Envelope {
             event_type: routing_key.to_string(),
-            event_version: EVENT_VERSION,
+            event_version: event_version.unwrap_or_else(|| {
+                EventType::from_routing_key(routing_key).map_or(1, EventType::newest)
+            }),
             correlation_id: Some(id.clone()),
             event_id: id.clone(),
             timestamp: now_rfc3339(),

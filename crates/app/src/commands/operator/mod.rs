@@ -12,7 +12,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
 use meeting_events::config::{ConfigError, ExchangeType, MqSettings, Settings};
-use meeting_events::envelope::{now_rfc3339, Envelope, EVENT_VERSION};
+use meeting_events::envelope::{now_rfc3339, Envelope};
+use meeting_events::events::EventType;
 use meeting_events::messaging::headers;
 use meeting_events::messaging::publisher::{self, Published};
 use meeting_events::messaging::topology;

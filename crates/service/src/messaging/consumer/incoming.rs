@@ -39,7 +39,7 @@ impl Incoming {
         let original_key = headers::text(props, headers::ORIGINAL_ROUTING_KEY)
             .unwrap_or_else(|| delivery.routing_key.to_string());
         let sender = headers::sender(mq, delivery.exchange.as_str(), props);
-        let decoded = decode(&delivery.data, mq.max_message_bytes);
+        let decoded = decode(&delivery.data, mq);
         let label = match &decoded {
             Ok((envelope, _)) => type_label(&envelope.event_type),
             Err(DecodeError::TooLarge { .. }) => "other",
@@ -97,16 +97,19 @@ impl Incoming {
             .map_or("", |s| s.as_str())
     }
 
-    /// A message published without AMQP `message_id`/`correlation_id` (the seed's mq.py
-    /// sets neither) is named in its span by its envelope, once decoded.
+    /// The span records the version that arrived; a message published without AMQP
+    /// `message_id`/`correlation_id` (the seed's mq.py sets neither) is named in it by its
+    /// envelope, once decoded.
     fn name_the_event(&self) {
         let Ok((envelope, _)) = &self.decoded else {
             return;
         };
+        let span = &self.span;
+        span.record("event_version", envelope.event_version);
+        crate::trace::set_int(span, attr::EVENT_VERSION, i64::from(envelope.event_version));
         if self.delivery.properties.message_id().is_some() {
             return;
         }
-        let span = &self.span;
         span.record(
             "event_id",
             tracing::field::display(short(&envelope.event_id)),
@@ -130,8 +133,10 @@ pub(super) fn type_label(event_type: &str) -> &'static str {
     EventType::from_routing_key(event_type).map_or("other", EventType::routing_key)
 }
 
-/// The envelope and its typed event, or why the message can never be handled.
-fn decode(body: &[u8], max: usize) -> Result<(Envelope, Event), DecodeError> {
+/// The envelope and its typed event, upcast to its type's newest version, or why the
+/// message can never be handled (by this consumer, reading the versions it reads).
+fn decode(body: &[u8], mq: &MqSettings) -> Result<(Envelope, Event), DecodeError> {
+    let max = mq.max_message_bytes;
     if body.len() > max {
         return Err(DecodeError::TooLarge {
             size: body.len(),
@@ -139,7 +144,7 @@ fn decode(body: &[u8], max: usize) -> Result<(Envelope, Event), DecodeError> {
         });
     }
     let envelope = Envelope::from_bytes(body)?;
-    let event = envelope.event()?;
+    let event = envelope.event_reading(&mq.read_versions)?;
     Ok((envelope, event))
 }
 
@@ -166,7 +171,7 @@ fn process_span(
     let span = tracing::info_span!(target: crate::trace::TARGET, "event",
         otel.name = %format_args!("process {}", mq.queue), otel.kind = "consumer",
         event_id = %short(event_id), event_type = %short(routing_key),
-        correlation_id = %short(correlation_id),
+        correlation_id = %short(correlation_id), event_version = tracing::field::Empty,
         trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
     if !crate::trace::enabled() {
         return span;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::envelope::Envelope;
 use crate::events::Event;
 use crate::messaging::decision::{Handled, ParkReason};
-use crate::messaging::outbox::{Outbox, Work};
+use crate::messaging::outbox::{EmitError, Outbox, Work};
 use crate::messaging::watchdog::{connection_state, monitor, Detached, Lost, Progress};
 use crate::messaging::{topology, Broker, Session};
 
@@ -43,6 +43,16 @@ pub(crate) enum HandleError {
     /// The store failed (busy, I/O): retry; the source is kept for the log.
     #[error("store")]
     Store(#[from] sqlx::Error),
+}
+
+impl From<EmitError> for HandleError {
+    fn from(e: EmitError) -> Self {
+        match e {
+            // Parked with its reason: replayed once the gate is lifted.
+            unsayable @ EmitError::Unsayable(_) => HandleError::Reject(unsayable.to_string()),
+            EmitError::Store(e) => HandleError::Store(e),
+        }
+    }
 }
 
 impl HandleError {

@@ -21,9 +21,10 @@ use tokio::sync::Notify;
 
 use crate::envelope::Envelope;
 use crate::store::{now_ms, Store};
+use crate::wire::versions::Pins;
 
 pub(crate) use relay::run_relay;
-pub(crate) use work::Work;
+pub(crate) use work::{EmitError, Work};
 
 /// Rows published per batch.
 pub(super) const BATCH: i64 = 256;
@@ -43,15 +44,18 @@ pub(crate) struct Outbox {
     /// The exchange the relay publishes to, for the spans' destination.
     pub(super) exchange: Arc<str>,
     pub(super) store: Store,
+    /// The version of each event type this role emits (`EVENT_EMIT_VERSIONS`).
+    pub(super) emit: Arc<Pins>,
     wake: Arc<Notify>,
 }
 
 impl Outbox {
-    pub(crate) fn new(producer: &str, exchange: &str, store: Store) -> Self {
+    pub(crate) fn new(producer: &str, exchange: &str, emit: &Pins, store: Store) -> Self {
         Self {
             producer: producer.into(),
             exchange: exchange.into(),
             store,
+            emit: Arc::new(emit.clone()),
             wake: Arc::default(),
         }
     }

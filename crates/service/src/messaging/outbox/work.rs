@@ -10,6 +10,17 @@ use crate::envelope::Envelope;
 use crate::events::Event;
 use crate::store::Dialect;
 
+/// Why an event did not join the outbox.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EmitError {
+    /// The version this role emits of the event's type cannot say it: `EVENT_EMIT_VERSIONS`
+    /// holds the type back until every consumer reads the newer version.
+    #[error("{0} (EVENT_EMIT_VERSIONS holds it back until its consumers read the newer version)")]
+    Unsayable(String),
+    #[error("store")]
+    Store(#[from] sqlx::Error),
+}
+
 /// A store transaction and the events it causes: both land at [`Work::commit`] or neither
 /// does. It dereferences to the transaction's connection for the role's own queries.
 pub(crate) struct Work {
@@ -44,9 +55,21 @@ impl Work {
         });
     }
 
-    /// Add `event` to the outbox inside this transaction.
-    pub(crate) async fn emit(&mut self, event: Event) -> sqlx::Result<()> {
-        let mut envelope = Envelope::new(&event, &self.outbox.producer);
+    /// Whether `event` can be said in the version this role emits of its type; an
+    /// [`EmitError::Unsayable`] otherwise, before anything is written.
+    pub(crate) fn sayable(&self, event: &Event) -> Result<(), EmitError> {
+        let version = self.outbox.emit.of(event.event_type());
+        event
+            .data_at(version)
+            .map(drop)
+            .map_err(EmitError::Unsayable)
+    }
+
+    /// Add `event` to the outbox inside this transaction, in the version this role emits of
+    /// its type (`EVENT_EMIT_VERSIONS`, docs/architecture.md §3).
+    pub(crate) async fn emit(&mut self, event: Event) -> Result<(), EmitError> {
+        let mut envelope = Envelope::pinned(&event, &self.outbox.producer, &self.outbox.emit)
+            .map_err(EmitError::Unsayable)?;
         if let Some(cause) = &self.cause {
             envelope.correlation_id = Some(cause.chain_id.clone());
             envelope.causation_id = Some(cause.event_id.clone());
@@ -59,7 +82,7 @@ impl Work {
             .instrument(span)
             .await?;
         self.emitted += 1;
-        tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, correlation_id = %envelope.chain_id(), "event committed to the outbox");
+        tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, event_version = envelope.event_version, correlation_id = %envelope.chain_id(), "event committed to the outbox");
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub(super) struct ElectionView {
     meeting_id: String,
     agenda_item_id: String,
     title: String,
+    /// How many the election fills (1 unless the item asked for more).
+    #[schema(minimum = 1)]
+    seats: i64,
     status: ElectionStatus,
     candidates: Vec<String>,
     /// `election.finalized`'s result once the ballot is counted.
@@ -68,6 +71,7 @@ impl ElectionView {
             meeting_id: e.meeting_id,
             agenda_item_id: e.agenda_item_id,
             title: e.title,
+            seats: e.seats,
             status: e.status,
             candidates,
             result: e.result,

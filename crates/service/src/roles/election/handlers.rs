@@ -17,7 +17,14 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
     match event {
         Event::ElectionCreate(c) => {
             let id = Uuid::new_v4().to_string();
-            if !store::insert(tx, &id, &c.meeting_id, &c.agenda_item_id, &c.title).await? {
+            if c.seats == 0 {
+                return Err(HandleError::Reject(format!(
+                    "agenda item {} asks for an election of 0 seats",
+                    crate::text::short(&c.agenda_item_id)
+                )));
+            }
+            let (meeting, item) = (&c.meeting_id, &c.agenda_item_id);
+            if !store::insert(tx, &id, meeting, item, &c.title, c.seats).await? {
                 return Ok(()); // this item's election exists already
             }
             let opened = ElectionOpened {
@@ -25,6 +32,7 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
                 meeting_id: c.meeting_id,
                 agenda_item_id: c.agenda_item_id,
                 title: c.title,
+                seats: c.seats,
             };
             Ok(tx.emit(Event::ElectionOpened(opened)).await?)
         }
@@ -100,7 +108,8 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             }
             let candidates = store::candidates(&mut **tx, &e.id).await?;
             check_tally(&candidates, &v).map_err(HandleError::Reject)?;
-            let (outcome, winners) = decide(&v.tally, v.votes_cast);
+            let seats = u32::try_from(e.seats).unwrap_or(1);
+            let (outcome, winners) = decide(&v.tally, v.votes_cast, seats);
             let result = ElectionResult {
                 outcome,
                 winners: winners.clone(),

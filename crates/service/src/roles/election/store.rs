@@ -29,6 +29,7 @@ pub(super) struct Election {
     pub meeting_id: String,
     pub agenda_item_id: String,
     pub title: String,
+    pub seats: i64,
     pub status: ElectionStatus,
     pub result: Option<Json<ElectionResult>>,
     pub created_at: String,
@@ -91,16 +92,18 @@ pub(super) async fn insert(
     meeting_id: &str,
     item_id: &str,
     title: &str,
+    seats: u32,
 ) -> sqlx::Result<bool> {
     let now = now_rfc3339();
     let r = sqlx::query(
-        "INSERT INTO elections (id, meeting_id, agenda_item_id, title, status, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (meeting_id, agenda_item_id) DO NOTHING",
+        "INSERT INTO elections (id, meeting_id, agenda_item_id, title, seats, status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (meeting_id, agenda_item_id) DO NOTHING",
     )
     .bind(id)
     .bind(meeting_id)
     .bind(item_id)
     .bind(title)
+    .bind(i64::from(seats))
     .bind(ElectionStatus::Nominating)
     .bind(&now)
     .bind(&now)

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::domain::MeetingRole;
 use crate::envelope::Envelope;
 use crate::events::Event;
+use crate::wire::versions::Pins;
 
 /// Where an event is in the stream: its offset, and a tag of its body that tells an offset
 /// of this stream from the same offset of a stream deleted and declared anew. An SSE `id`
@@ -91,12 +92,18 @@ pub(super) struct Shown {
 }
 
 impl Item {
-    /// The item for the message at `offset`. `trusted` says whether its sender may publish
+    /// The item for the message at `offset`, its event upcast to its type's newest version
+    /// (of those `reads` lets this role read). `trusted` says whether its sender may publish
     /// the event it carries.
-    pub(super) fn new(offset: u64, body: &[u8], trusted: impl Fn(&Event) -> bool) -> Self {
+    pub(super) fn new(
+        offset: u64,
+        body: &[u8],
+        reads: &Pins,
+        trusted: impl Fn(&Event) -> bool,
+    ) -> Self {
         let position = Position::of(offset, body);
         let event = Envelope::from_bytes(body).ok().and_then(|env| {
-            let event = env.event().ok()?;
+            let event = env.event_reading(reads).ok()?;
             trusted(&event).then(|| Shown::new(position, &env, &event))
         });
         Self { position, event }
@@ -113,8 +120,9 @@ impl Shown {
             }),
             _ => None,
         };
-        let mut data = match &env.data {
-            Value::Object(map) => map.clone(),
+        // The page reads one shape of each event: the newest, whatever version arrived.
+        let mut data = match event.data() {
+            Value::Object(map) => map,
             _ => Map::new(),
         };
         data.insert("event_id".into(), Value::String(env.event_id.clone()));
@@ -277,7 +285,7 @@ mod tests {
             }),
             "meeting-service",
         );
-        Item::new(offset, &env.to_bytes(), |_| true)
+        Item::new(offset, &env.to_bytes(), &Pins::default(), |_| true)
     }
 
     #[test]
@@ -306,7 +314,9 @@ mod tests {
 
     #[test]
     fn an_untrusted_or_foreign_message_holds_its_place_and_shows_nothing() {
-        assert!(Item::new(1, b"not json", |_| true).event.is_none());
+        assert!(Item::new(1, b"not json", &Pins::default(), |_| true)
+            .event
+            .is_none());
         let body = Envelope::new(
             &Event::MeetingCreated(MeetingCreated {
                 meeting_id: "m".into(),
@@ -316,7 +326,9 @@ mod tests {
             "mallory",
         )
         .to_bytes();
-        assert!(Item::new(2, &body, |_| false).event.is_none());
+        assert!(Item::new(2, &body, &Pins::default(), |_| false)
+            .event
+            .is_none());
     }
 
     #[test]

@@ -129,7 +129,7 @@ fn offset_of(delivery: &Delivery) -> Option<u64> {
 /// The item for a delivery: shown only if its sender may publish the event it carries.
 fn item(mq: &MqSettings, offset: u64, delivery: &Delivery) -> Item {
     let sender = headers::sender(mq, delivery.exchange.as_str(), &delivery.properties);
-    Item::new(offset, &delivery.data, |event| {
+    Item::new(offset, &delivery.data, &mq.read_versions, |event| {
         crate::messaging::trust::trusts(mq, event.event_type(), sender.as_deref())
     })
 }

@@ -44,7 +44,14 @@ struct NewItem {
     title: Title,
     /// `election` or `discussion`.
     kind: ItemKind,
+    /// How many the election fills, 1–50 (an election item only); default 1.
+    #[schema(minimum = 1, maximum = 50)]
+    #[serde(default)]
+    seats: Option<u32>,
 }
+
+/// The most seats one election may fill.
+const MAX_SEATS: u32 = 50;
 
 /// A meeting with its agenda and the managers known here.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -163,16 +170,34 @@ async fn get_meeting(
     responses(
         (status = 201, description = "Added, pending", body = AgendaItem),
         (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such meeting", body = ErrorBody)))]
+        (status = 404, description = "`not_found`: no such meeting", body = ErrorBody),
+        (status = 409, description = "`conflict`: the election's seats cannot be said in the version of `agenda.election.create` this service emits (`EVENT_EMIT_VERSIONS`)", body = ErrorBody)))]
 async fn add_item(
     State(state): State<AppState>,
     user: User,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<NewItem>,
 ) -> Result<(StatusCode, Json<AgendaItem>), ApiError> {
-    let mut tx = managed_work(&state, &id, &user).await?;
     let (title, kind) = (body.title.into_string(), body.kind);
+    let seats = match (kind, body.seats) {
+        (_, None) => 1,
+        (ItemKind::Election, Some(n @ 1..=MAX_SEATS)) => n,
+        (ItemKind::Election, Some(n)) => {
+            return Err(ApiError::Invalid(format!(
+                "seats must be 1 to {MAX_SEATS}, not {n}"
+            )))
+        }
+        (ItemKind::Discussion, Some(_)) => {
+            return Err(ApiError::Invalid("seats is for election items only".into()))
+        }
+    };
+    let mut tx = managed_work(&state, &id, &user).await?;
     let item_id = Uuid::new_v4().to_string();
+    if kind == ItemKind::Election {
+        // Refused now, while the gate holds the election's event back, rather than when
+        // the item is opened.
+        tx.sayable(&election_create(&id, &item_id, &title, seats))?;
+    }
     // The next position is read and taken under the meeting's lock.
     store::meeting_locked(&mut tx, &id).await?;
     store::insert_item(
@@ -183,6 +208,7 @@ async fn add_item(
             position: 0,
             title,
             kind,
+            seats: i64::from(seats),
             status: ItemStatus::Pending,
             election_id: None,
             result: None,
@@ -204,6 +230,16 @@ async fn add_item(
     Ok((StatusCode::CREATED, Json(item)))
 }
 
+/// The event that opens an election item's election.
+fn election_create(meeting_id: &str, item_id: &str, title: &str, seats: u32) -> Event {
+    Event::ElectionCreate(ElectionCreate {
+        meeting_id: meeting_id.to_string(),
+        agenda_item_id: item_id.to_string(),
+        title: title.to_string(),
+        seats,
+    })
+}
+
 async fn find_item(
     db: impl sqlx::any::AnyExecutor<'_>,
     meeting_id: &str,
@@ -223,7 +259,7 @@ async fn find_item(
         (status = 200, description = "The item, now open (an election item's election is being created)", body = AgendaItem),
         (status = 403, description = "`forbidden`: not a manager of the meeting", body = ErrorBody),
         (status = 404, description = "`not_found`: no such meeting or item", body = ErrorBody),
-        (status = 409, description = "`conflict`: the item is not pending, or an election is still running", body = ErrorBody)))]
+        (status = 409, description = "`conflict`: the item is not pending, an election is still running, or its seats cannot be said in the version of `agenda.election.create` this service emits", body = ErrorBody)))]
 /// Make an item the current one. The previous current item, if a discussion, is done; an
 /// election still running blocks the move.
 async fn open_item(
@@ -265,12 +301,9 @@ async fn open_item(
     }))
     .await?;
     if item.kind == ItemKind::Election {
-        tx.emit(Event::ElectionCreate(ElectionCreate {
-            meeting_id: id.clone(),
-            agenda_item_id: item_id.clone(),
-            title: item.title.clone(),
-        }))
-        .await?;
+        let seats = u32::try_from(item.seats).unwrap_or(1);
+        tx.emit(election_create(&id, &item_id, &item.title, seats))
+            .await?;
     }
     tx.commit().await?;
     Ok(Json(find_item(&state.pool, &id, &item_id).await?))

@@ -69,7 +69,9 @@ fn check_result(item: &AgendaItem, done: &ElectionFinalized) -> Result<bool, Str
     let follows = match done.outcome {
         Outcome::Cancelled => done.tally.is_empty() && done.winners.is_empty(),
         _ => {
-            decide(&done.tally, votes_counted(&done.tally)) == (done.outcome, done.winners.clone())
+            let seats = u32::try_from(item.seats).unwrap_or(1);
+            decide(&done.tally, votes_counted(&done.tally), seats)
+                == (done.outcome, done.winners.clone())
         }
     };
     if !follows {
@@ -99,6 +101,7 @@ mod tests {
             position: 1,
             title: "Chair".into(),
             kind: ItemKind::Election,
+            seats: 1,
             status,
             election_id: election_id.map(String::from),
             result: None,

@@ -20,5 +20,9 @@ pub(super) static BEHAVIOUR: Behaviour = Behaviour {
 /// This role's tables (versions 100 and up).
 static MIGRATIONS: Migrations = migrations!(
     "src/roles/meeting/migrations",
-    ["0100_meeting" => per_dialect, "0101_positions_unique"]
+    [
+        "0100_meeting" => per_dialect,
+        "0101_positions_unique",
+        "0102_item_seats",
+    ]
 );

@@ -35,6 +35,9 @@ pub(super) struct AgendaItem {
     pub position: i64,
     pub title: String,
     pub kind: ItemKind,
+    /// How many an election item's election fills; 1 for a discussion.
+    #[schema(minimum = 1)]
+    pub seats: i64,
     pub status: ItemStatus,
     pub election_id: Option<String>,
     /// The election's result, once `election.finalized` is recorded.
@@ -122,14 +125,15 @@ pub(super) async fn item(
 
 pub(super) async fn insert_item(tx: &mut AnyConnection, item: &AgendaItem) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO agenda_items (id, meeting_id, position, title, kind, status)
-         VALUES ($1, $2, (SELECT COALESCE(MAX(position), 0) + 1 FROM agenda_items WHERE meeting_id = $3), $4, $5, $6)",
+        "INSERT INTO agenda_items (id, meeting_id, position, title, kind, seats, status)
+         VALUES ($1, $2, (SELECT COALESCE(MAX(position), 0) + 1 FROM agenda_items WHERE meeting_id = $3), $4, $5, $6, $7)",
     )
     .bind(&item.id)
     .bind(&item.meeting_id)
     .bind(&item.meeting_id)
     .bind(&item.title)
     .bind(item.kind)
+    .bind(item.seats)
     .bind(item.status)
     .execute(tx)
     .await?;

@@ -107,7 +107,7 @@ async function snapshot(id) {
   const q = `?meeting_id=${encodeURIComponent(id)}`;
   for (const e of await call("election", "GET", `/elections${q}`)) {
     m.elections.set(e.id, {
-      id: e.id, item: e.agenda_item_id, title: e.title, status: e.status,
+      id: e.id, item: e.agenda_item_id, title: e.title, seats: e.seats, status: e.status,
       candidates: e.candidates.slice(), result: e.result,
     });
   }
@@ -142,7 +142,7 @@ function apply(m, type, d) {
     case "agenda.election.start": if (item && item.status === "open") item.status = "voting"; break;
     case "election.opened":
       if (!m.elections.has(d.election_id)) m.elections.set(d.election_id, {
-        id: d.election_id, item: d.agenda_item_id, title: d.title, status: "nominating", candidates: [],
+        id: d.election_id, item: d.agenda_item_id, title: d.title, seats: d.seats, status: "nominating", candidates: [],
       });
       break;
     case "election.nomination.accepted": {
@@ -294,6 +294,7 @@ function render() {
   $("result").hidden = true;
   if (!e) return;
   $("election-title").textContent = e.title;
+  $("election-seats").textContent = e.seats === 1 ? "1 seat" : `${e.seats} seats`;
   $("election-status").textContent = e.status;
   const list = $("candidates");
   list.replaceChildren(...e.candidates.map((c) => {
@@ -350,6 +351,7 @@ async function init() {
     ev.preventDefault();
     act(() => call("meeting", "POST", `/meetings/${live.meeting.id}/agenda-items`, {
       title: $("item-title").value, kind: $("item-kind").value,
+      ...($("item-kind").value === "election" ? { seats: Number($("item-seats").value) } : {}),
     }));
   };
   $("nominate-form").onsubmit = (ev) => {
