@@ -55,6 +55,8 @@ metrics_of! {
         "Events published to the exchange and confirmed by the broker, by event type.";
     counter events_unroutable_total(service, event_type) = "events_unroutable_total":
         "Publishes the broker returned because no queue is bound for them; they stay in the outbox.";
+    counter events_unrouted_total(service, event_type) = "events_unrouted_total":
+        "Events no deployed role consumes from a queue (only the live role watches them), handed to the unrouted queue instead of waiting in the outbox.";
     counter events_consumed_total(service, event_type, outcome) = "events_consumed_total":
         "Events taken off the queue, by event type and outcome (applied or duplicate).";
     counter events_failed_total(service, event_type) = "events_failed_total":

@@ -171,6 +171,14 @@ impl EventType {
             .filter(move |r| r.publishes.contains(&self))
     }
 
+    /// The roles that consume this event from their queue: without them, nobody would take
+    /// it later from a queue.
+    pub fn queue_consumers(self) -> impl Iterator<Item = Role> {
+        ALL.iter()
+            .copied()
+            .filter(move |r| r.consumes.contains(&self))
+    }
+
     /// The roles that consume this event, from their queue or from the live stream.
     pub fn consumers(self) -> impl Iterator<Item = Role> {
         ALL.iter()

@@ -25,3 +25,4 @@ mod replicas;
 mod scale;
 mod traces;
 mod trust;
+mod unrouted;

@@ -31,6 +31,12 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dlq")
 }
 
+/// Name of the queue that holds the events of `exchange` no deployed role consumes from a
+/// queue (docs/architecture.md §5, "Unroutable events").
+pub fn unrouted_queue(exchange: &str) -> String {
+    format!("{exchange}.unrouted")
+}
+
 /// Declare the shared exchange: durable, as `mq.py` declares it (same arguments,
 /// so either side may declare it first).
 pub async fn declare_exchange(channel: &Channel, mq: &MqSettings) -> lapin::Result<()> {

@@ -4,13 +4,15 @@
 //!
 //! Rows are published in `seq` order; a batch's frames go out back to back and its confirms
 //! are awaited together. A row the broker could not route (no queue bound yet) stays and is
-//! tried again after [`UNROUTABLE_RETRY`].
+//! tried again after [`UNROUTABLE_RETRY`] — unless no role consumes its event from a queue
+//! (only the live role watches it): then the broker holds it in `<exchange>.unrouted`.
 //!
 //! Here the table; the unit of work that writes it in `work.rs`, the relay in `relay.rs`,
 //! and which replica relays (the leader lock, LISTEN/NOTIFY) in `leader.rs`.
 
 mod leader;
 mod relay;
+mod unrouted;
 mod work;
 
 use std::sync::Arc;

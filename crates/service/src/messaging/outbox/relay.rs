@@ -1,6 +1,7 @@
 //! The outbox relay (docs/architecture.md §5): rows published in `seq` order with confirms,
 //! a batch's frames back to back and its confirms awaited together, each row deleted only
-//! once the broker confirmed it; unroutable rows tried again, refused ones set aside.
+//! once the broker confirmed it; unroutable rows tried again (or, when no role consumes them
+//! from a queue, handed to the unrouted queue), refused ones set aside.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use sqlx::{AnyPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::leader::{listen, notified, Lead};
+use super::unrouted;
 use super::{
     backlog, Outbox, OutboxRow, BATCH, GAUGE_EVERY, IDLE_POLL, SET_ASIDE, UNROUTABLE_RETRY,
 };
@@ -203,16 +205,7 @@ async fn relay_batch(
     let mut pending = Vec::with_capacity(rows.len());
     let mut send_error = None;
     for row in &rows {
-        let props = headers::for_event(
-            &row.event_id,
-            &row.event_type,
-            &row.producer,
-            row.correlation_id.as_deref(),
-            (row.created_at_ms / 1000) as u64,
-        )
-        // Our identity on the bus: the broker checks it is the connection's user.
-        .with_user_id(broker.settings().url.user().into());
-        let props = row.trace.onto_amqp(props);
+        let props = properties(broker, row);
         let span = publish_span(exchange, row);
         match publisher::send(
             &session.publisher,
@@ -237,6 +230,7 @@ async fn relay_batch(
 
     let mut done = Vec::new();
     let mut unroutable = Vec::new();
+    let mut unwatched = Vec::new();
     let mut broken = send_error.is_some();
     let mut refused = send_error.as_ref().and_then(refusal).is_some();
     let mut aside = None;
@@ -248,6 +242,9 @@ async fn relay_batch(
                     .increment(1);
                 tracing::debug!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), "event published");
                 done.push(row.seq);
+            }
+            Ok(Published::Unroutable(why)) if unrouted::watched_only(&row.event_type) => {
+                unwatched.push((row, properties(broker, row), why));
             }
             Ok(Published::Unroutable(why)) => {
                 tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), reason = %why, "no queue is bound for this event yet; it stays in the outbox");
@@ -299,6 +296,19 @@ async fn relay_batch(
         .execute(pool)
         .await?;
     }
+    // Events only the live role watches, and it is not deployed: the broker holds them.
+    let unwatched_seqs: Vec<i64> = unwatched.iter().map(|(row, ..)| row.seq).collect();
+    match unrouted::hold(session, exchange, unwatched).await {
+        Ok(held) => {
+            unroutable.extend(unwatched_seqs.iter().filter(|s| !held.contains(s)));
+            done.extend(held);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the unrouted queue did not take the events no queue consumes; they stay in the outbox");
+            unroutable.extend(unwatched_seqs);
+            broken = true;
+        }
+    }
     if !done.is_empty() || !unroutable.is_empty() {
         let mut tx = store.begin().await?;
         for chunk in done.chunks(500) {
@@ -337,6 +347,20 @@ async fn relay_batch(
         refused,
         set_aside,
     })
+}
+
+/// The AMQP properties a row is published with.
+fn properties(broker: &Broker, row: &OutboxRow) -> lapin::BasicProperties {
+    let props = headers::for_event(
+        &row.event_id,
+        &row.event_type,
+        &row.producer,
+        row.correlation_id.as_deref(),
+        (row.created_at_ms / 1000) as u64,
+    )
+    // Our identity on the bus: the broker checks it is the connection's user.
+    .with_user_id(broker.settings().url.user().into());
+    row.trace.onto_amqp(props)
 }
 
 /// Wait for a publish's confirm; its `publish` span ends there, failed when the broker did not
