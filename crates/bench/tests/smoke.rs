@@ -55,6 +55,7 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
         "publish: our publisher",
         "outbox relay",
         "flows/s",
+        "raw 2-hop lapin chain",
         "p50 / p99",
         "connection per publish",
         "RSS meeting-service",
