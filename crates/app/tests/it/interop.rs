@@ -126,3 +126,71 @@ async fn mq_py_publish_event_drives_our_election_service() {
     .expect("start applied");
     election.stop().await.unwrap();
 }
+
+/// A consumer built on mq.py does not look at `event_version`: while one consumes
+/// `agenda.election.create`, the meeting role is pinned to version 1 (docs/operating.md), and
+/// what mq.py receives is version 1 exactly, with no `seats` it could ignore.
+#[tokio::test]
+async fn a_meeting_role_pinned_to_version_1_feeds_an_mq_py_election_consumer() {
+    let mut ctx = Ctx::new();
+    ctx.per_role.insert(
+        MEETING.name,
+        [(
+            "EVENT_EMIT_VERSIONS".to_string(),
+            "agenda.election.create=1".to_string(),
+        )]
+        .into(),
+    );
+    let (permission, meeting) = tokio::join!(
+        Running::spawn(&ctx, &PERMISSION),
+        Running::spawn(&ctx, &MEETING)
+    );
+    let bus = Bus::connect(&ctx).await;
+    let py_queue = format!("{}-py-election", ctx.prefix);
+    bus.durable_queue(&py_queue, "agenda.election.create").await;
+    let urls = Urls {
+        meeting: meeting.base.clone(),
+        election: String::new(),
+        voting: String::new(),
+        permission: permission.base.clone(),
+        live: String::new(),
+    };
+    let alice = Client::as_user("alice");
+    let id = meeting_with_manager(&urls, &alice, "Pinned").await;
+    let (s, item) = alice
+        .post(
+            &format!("{}/meetings/{id}/agenda-items", urls.meeting),
+            json!({"title": "Chair", "kind": "election"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{item}");
+    let item = item["id"].as_str().expect("an item id").to_string();
+    let url = format!("{}/meetings/{id}/agenda-items/{item}/open", urls.meeting);
+    assert_eq!(alice.post(&url, json!({})).await.0, 200);
+
+    let (url, exchange) = (ctx.amqp_url.clone(), ctx.exchange.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        python(
+            &url,
+            &exchange,
+            "py-election",
+            &["consume", &py_queue, "agenda.election.create", "1", "20"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python consumer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event: Value = serde_json::from_slice(&out.stdout).expect("one JSON event");
+    assert_eq!(event["event_version"], 1);
+    assert_eq!(
+        event["data"],
+        json!({"meeting_id": id, "agenda_item_id": item, "title": "Chair"})
+    );
+    for r in [meeting, permission] {
+        r.stop().await.unwrap();
+    }
+}
