@@ -267,12 +267,25 @@ async fn a_failing_event_in_a_batch_costs_only_itself() {
     .await
     .expect("all 40 creates applied despite the failures among them");
     let dlq = dead_letter_queue(&ctx.queue(&ELECTION));
-    eventually(WAIT, || async {
+    let settled = eventually(WAIT, || async {
         (bus.queue_len(&dlq).await == 2).then_some(())
     })
-    .await
-    .expect("the broken message and the orphan start parked, nothing else");
+    .await;
     let parked = bus.drain(&dlq).await;
+    let seen: Vec<(Option<String>, Option<u64>)> = parked
+        .iter()
+        .map(|m| {
+            let props = &m.delivery.properties;
+            (
+                headers::text(props, headers::REASON),
+                headers::count(props, headers::ATTEMPTS),
+            )
+        })
+        .collect();
+    assert!(
+        settled.is_some(),
+        "the broken message and the orphan start parked, nothing else; parked: {seen:?}"
+    );
     let attempts: Vec<Option<u64>> = parked
         .iter()
         .map(|m| headers::count(&m.delivery.properties, headers::ATTEMPTS))
