@@ -21,6 +21,7 @@ use sqlx::Row;
 
 use crate::flow::{ballot_of, item_result, nominate, start, vote};
 use crate::helpers::*;
+use crate::operator::app;
 
 const WAIT: Duration = Duration::from_secs(20);
 const CREATE: &str = "agenda.election.create";
@@ -139,18 +140,6 @@ async fn applied_versions(ctx: &Ctx) -> Vec<i64> {
     rows.iter()
         .map(|r| r.get::<i64, _>("event_version"))
         .collect()
-}
-
-fn app(ctx: &Ctx, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(app_bin())
-        .env_clear()
-        .env("AMQP_URL", &ctx.amqp_url)
-        .env("MQ_EXCHANGE", &ctx.exchange)
-        .env("CONFIG_DIR", "/nonexistent")
-        .env("RUST_LOG", "warn")
-        .args(args)
-        .output()
-        .expect("app runs")
 }
 
 #[tokio::test]

@@ -26,6 +26,32 @@ pub(crate) fn python(
         .expect("python3 runs (pip install pika==1.3.2)")
 }
 
+/// One event of `routing_key` taken off `queue` by an mq.py consumer named `service`.
+async fn consume_one(ctx: &Ctx, service: &str, queue: &str, routing_key: &str) -> Value {
+    let (url, exchange) = (ctx.amqp_url.clone(), ctx.exchange.clone());
+    let (service, queue, key) = (
+        service.to_string(),
+        queue.to_string(),
+        routing_key.to_string(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        python(
+            &url,
+            &exchange,
+            &service,
+            &["consume", &queue, &key, "1", "20"],
+        )
+    })
+    .await
+    .expect("the python consumer ran");
+    assert!(
+        out.status.success(),
+        "python consumer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON event")
+}
+
 #[tokio::test]
 async fn our_events_reach_a_consumer_built_on_mq_py() {
     let ctx = Ctx::new();
@@ -43,23 +69,7 @@ async fn our_events_reach_a_consumer_built_on_mq_py() {
         )
         .await;
     assert_eq!(s, 201);
-    let (url, exchange) = (ctx.amqp_url.clone(), ctx.exchange.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        python(
-            &url,
-            &exchange,
-            "py-permission",
-            &["consume", &py_queue, "meeting.created", "1", "20"],
-        )
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "python consumer: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let event: Value = serde_json::from_slice(&out.stdout).expect("one JSON event");
+    let event = consume_one(&ctx, "py-permission", &py_queue, "meeting.created").await;
     assert_eq!(event["event_type"], "meeting.created");
     assert_eq!(event["event_version"], 1);
     assert_eq!(event["producer"], ctx.queue(&MEETING));
@@ -168,23 +178,7 @@ async fn a_meeting_role_pinned_to_version_1_feeds_an_mq_py_election_consumer() {
     let url = format!("{}/meetings/{id}/agenda-items/{item}/open", urls.meeting);
     assert_eq!(alice.post(&url, json!({})).await.0, 200);
 
-    let (url, exchange) = (ctx.amqp_url.clone(), ctx.exchange.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        python(
-            &url,
-            &exchange,
-            "py-election",
-            &["consume", &py_queue, "agenda.election.create", "1", "20"],
-        )
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "python consumer: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let event: Value = serde_json::from_slice(&out.stdout).expect("one JSON event");
+    let event = consume_one(&ctx, "py-election", &py_queue, "agenda.election.create").await;
     assert_eq!(event["event_version"], 1);
     assert_eq!(
         event["data"],

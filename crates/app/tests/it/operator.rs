@@ -10,7 +10,7 @@ use meeting_events::messaging::topology::dead_letter_queue;
 
 use crate::helpers::*;
 
-fn app(ctx: &Ctx, args: &[&str]) -> std::process::Output {
+pub(crate) fn app(ctx: &Ctx, args: &[&str]) -> std::process::Output {
     app_cmd(ctx).args(args).output().expect("app runs")
 }
 
