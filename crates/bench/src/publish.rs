@@ -50,31 +50,55 @@ pub(crate) async fn raw_lapin(run: &PublishRun<'_>) -> anyhow::Result<f64> {
     let body = run.env.to_bytes();
     let props = sample_properties(run.env);
     let started = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    for _ in 0..run.n {
-        if inflight.len() >= run.window {
-            inflight.next().await.context("confirm")??;
-        }
-        let confirm = ch
-            .basic_publish(
-                run.mq.exchange.as_str().into(),
-                "meeting.created".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &body,
-                props.clone(),
-            )
-            .await?;
-        inflight.push(confirm);
-    }
-    while let Some(c) = inflight.next().await {
-        c?;
-    }
+    let raw = RawPublish {
+        exchange: &run.mq.exchange,
+        routing_key: "meeting.created",
+        body: &body,
+        props: &props,
+    };
+    raw.send(&ch, run.n, run.window).await?;
     let rate = run.n as f64 / started.elapsed().as_secs_f64();
     let _ = ch.close(200, "done".into()).await;
     Ok(rate)
+}
+
+/// One message published `n` times by raw lapin: persistent + mandatory, the same body and
+/// properties built once, confirms not inspected.
+pub(crate) struct RawPublish<'a> {
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) body: &'a [u8],
+    pub(crate) props: &'a BasicProperties,
+}
+
+impl RawPublish<'_> {
+    /// Publish it `n` times on `ch`, at most `window` confirms in flight; return once every
+    /// confirm came.
+    pub(crate) async fn send(&self, ch: &Channel, n: usize, window: usize) -> anyhow::Result<()> {
+        let mut inflight = FuturesUnordered::new();
+        for _ in 0..n {
+            if inflight.len() >= window {
+                inflight.next().await.context("confirm")??;
+            }
+            let confirm = ch
+                .basic_publish(
+                    self.exchange.into(),
+                    self.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    self.body,
+                    self.props.clone(),
+                )
+                .await?;
+            inflight.push(confirm);
+        }
+        while let Some(c) = inflight.next().await {
+            c?;
+        }
+        Ok(())
+    }
 }
 
 /// Ours, per message as the relay does per outbox row: the envelope's AMQP properties built

@@ -120,28 +120,13 @@ pub(crate) async fn raw_chain(
     // The first hop, `window` confirms in flight.
     let started = Instant::now();
     let producer = confirm_channel(conn).await?;
-    let mut inflight = FuturesUnordered::new();
-    for _ in 0..flows {
-        if inflight.len() >= window {
-            inflight.next().await.context("confirm")??;
-        }
-        let confirm = producer
-            .basic_publish(
-                exchange.into(),
-                first.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &body,
-                props.clone(),
-            )
-            .await?;
-        inflight.push(confirm);
-    }
-    while let Some(c) = inflight.next().await {
-        c?;
-    }
+    let first_hop = RawPublish {
+        exchange,
+        routing_key: &first,
+        body: &body,
+        props: &props,
+    };
+    first_hop.send(&producer, flows, window).await?;
     middle.await??;
     end.await??;
     let rate = flows as f64 / started.elapsed().as_secs_f64();
