@@ -79,191 +79,268 @@ pub(crate) async fn store_for(
     Ok(format!("{base}/{name}"))
 }
 
+/// The chain's roles running, a tap on `permission.granted`, and the HTTP client that
+/// starts flows: what the timed runs and the cost count share.
+pub(crate) struct Rig {
+    pub(crate) meetings: Vec<RoleProcess>,
+    pub(crate) permissions: Vec<RoleProcess>,
+    dir: std::path::PathBuf,
+    conn: Connection,
+    watcher: tokio::task::JoinHandle<()>,
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    notify: Arc<tokio::sync::Notify>,
+    http: reqwest::Client,
+    token: String,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Rig {
+    /// Start the roles of `setup` (with `extra` variables, their logs in `logs` when given)
+    /// and the tap.
+    pub(crate) async fn start(
+        base: &Settings,
+        tag: &str,
+        args: &BenchArgs,
+        setup: &Setup,
+        extra: &[(&str, String)],
+        logs: bool,
+    ) -> anyhow::Result<Self> {
+        let dir = tempdir(tag)?;
+        let (permission_db, meeting_db) = (
+            store_for(setup, &dir, tag, &PERMISSION).await?,
+            store_for(setup, &dir, tag, &MEETING).await?,
+        );
+        let mut extra = extra.to_vec();
+        if let Some(url) = &setup.traced {
+            extra.push(("OTEL_EXPORTER_OTLP_ENDPOINT", url.clone()));
+            extra.push(("OTEL_TRACES_SAMPLER", "always_on".to_string()));
+        }
+        let (mut permissions, mut meetings) = (Vec::new(), Vec::new());
+        for i in 0..setup.replicas {
+            let log = |role: Role| logs.then(|| dir.join(format!("{}-{i}.log", role.name)));
+            permissions.push(
+                spawn_role_logged(
+                    base,
+                    &PERMISSION,
+                    tag,
+                    &permission_db,
+                    &extra,
+                    log(&PERMISSION).as_deref(),
+                )
+                .await?,
+            );
+            meetings.push(
+                spawn_role_logged(
+                    base,
+                    &MEETING,
+                    tag,
+                    &meeting_db,
+                    &extra,
+                    log(&MEETING).as_deref(),
+                )
+                .await?,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Watch permission.granted: meeting_id → when it was seen.
+        let conn =
+            Connection::connect(base.mq.url.expose(), ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        let mut consumer =
+            topology::tap(&ch, &format!("{tag}-events"), &["permission.granted"]).await?;
+        let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let watcher = {
+            let (seen, notify) = (seen.clone(), notify.clone());
+            tokio::spawn(async move {
+                while let Some(Ok(d)) = consumer.next().await {
+                    let at = Instant::now();
+                    if let Ok(env) = Envelope::from_bytes(&d.data) {
+                        if let Some(id) = env.data["meeting_id"].as_str() {
+                            seen.lock().await.insert(id.to_string(), at);
+                            notify.notify_waiters();
+                        }
+                    }
+                }
+            })
+        };
+        let token =
+            meeting_events::issue_token(&Secret::new(SECRET), "alice", Duration::from_secs(3600))?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.concurrency)
+            .build()?;
+        Ok(Self {
+            meetings,
+            permissions,
+            dir,
+            conn,
+            watcher,
+            seen,
+            notify,
+            http,
+            token,
+            next: Default::default(),
+        })
+    }
+
+    /// `POST /meetings` on the next meeting replica: the meeting's id and when it was sent.
+    fn post(&self) -> impl std::future::Future<Output = anyhow::Result<(String, Instant)>> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = format!("{}/meetings", self.meetings[i % self.meetings.len()].base);
+        let (http, token) = (self.http.clone(), self.token.clone());
+        async move {
+            let started = Instant::now();
+            let r = http
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({"title": "bench"}))
+                .send()
+                .await?;
+            if r.status() != 201 {
+                bail!("POST /meetings answered {}", r.status());
+            }
+            let v: serde_json::Value = r.json().await?;
+            Ok((v["id"].as_str().unwrap_or_default().to_string(), started))
+        }
+    }
+
+    /// `flows` flows with `concurrency` requests in flight, each to its grant: flows per
+    /// second from the first request to the last grant.
+    pub(crate) async fn burst(&self, flows: usize, concurrency: usize) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let mut tasks = FuturesUnordered::new();
+        let mut ids = Vec::with_capacity(flows);
+        let mut issued = 0;
+        while issued < flows || !tasks.is_empty() {
+            while issued < flows && tasks.len() < concurrency {
+                tasks.push(tokio::spawn(self.post()));
+                issued += 1;
+            }
+            if let Some(r) = tasks.next().await {
+                ids.push(r??.0);
+            }
+        }
+        self.wait_all(&ids).await?;
+        let seen = self.seen.lock().await;
+        let last = ids
+            .iter()
+            .filter_map(|id| seen.get(id).copied())
+            .max()
+            .unwrap_or_else(Instant::now);
+        Ok(flows as f64 / (last - started).as_secs_f64())
+    }
+
+    /// Until every one of `ids` was granted (two minutes at most).
+    async fn wait_all(&self, ids: &[String]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let notified = self.notify.notified();
+            let all = {
+                let seen = self.seen.lock().await;
+                ids.iter().all(|id| seen.contains_key(id))
+            };
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for permission.granted");
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
+        }
+    }
+
+    /// Flows started at `rate` per second for `length`: each one's latency from its request
+    /// to its grant, in milliseconds, sorted.
+    async fn paced(&self, rate: u32, length: Duration) -> anyhow::Result<Vec<f64>> {
+        let total = (rate as f64 * length.as_secs_f64()).round() as usize;
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut handles = Vec::with_capacity(total);
+        for _ in 0..total {
+            ticker.tick().await;
+            handles.push(tokio::spawn(self.post()));
+        }
+        let mut starts = Vec::with_capacity(total);
+        for h in handles {
+            starts.push(h.await??);
+        }
+        let ids: Vec<String> = starts.iter().map(|(id, _)| id.clone()).collect();
+        self.wait_all(&ids).await?;
+        let seen = self.seen.lock().await;
+        let mut lat: Vec<f64> = starts
+            .iter()
+            .filter_map(|(id, t)| seen.get(id).map(|s| (*s - *t).as_secs_f64() * 1000.0))
+            .collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        Ok(lat)
+    }
+
+    /// Whose CPU a run counts: the broker, each role, this process, and PostgreSQL.
+    fn cpu_owners(&self, postgres: bool) -> Vec<(String, Procs)> {
+        let pids = |ps: &[RoleProcess]| Procs::Fixed(ps.iter().map(|p| p.child.id()).collect());
+        let mut who: Vec<(String, Procs)> = vec![
+            ("broker".into(), Procs::Named("beam.smp")),
+            ("meeting-service".into(), pids(&self.meetings)),
+            ("permission-service".into(), pids(&self.permissions)),
+            (
+                "bench client".into(),
+                Procs::Fixed(vec![std::process::id()]),
+            ),
+        ];
+        if postgres {
+            who.push(("PostgreSQL".into(), Procs::Named("postgres")));
+        }
+        who
+    }
+
+    /// The RSS of the first meeting and permission replicas, in MB.
+    fn rss(&self) -> Vec<(String, f64)> {
+        [&self.meetings[0], &self.permissions[0]]
+            .iter()
+            .map(|p| (p.role.service_name().to_string(), rss_mb(p.child.id())))
+            .collect()
+    }
+
+    /// Where the roles write their logs and stores.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub(crate) async fn stop(self) {
+        self.watcher.abort();
+        let _ = self.conn.close(200, "bench done".into()).await;
+        drop(self.meetings);
+        drop(self.permissions);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub(crate) async fn chain(
     base: &Settings,
     tag: &str,
     args: &BenchArgs,
     setup: &Setup,
 ) -> anyhow::Result<ChainResult> {
-    let dir = tempdir(tag)?;
-    let mut permissions = Vec::new();
-    let mut meetings = Vec::new();
-    let (permission_db, meeting_db) = (
-        store_for(setup, &dir, tag, &PERMISSION).await?,
-        store_for(setup, &dir, tag, &MEETING).await?,
-    );
-    let tracing: Vec<(&str, String)> = match &setup.traced {
-        Some(url) => vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.clone()),
-            ("OTEL_TRACES_SAMPLER", "always_on".to_string()),
-        ],
-        None => Vec::new(),
-    };
-    for _ in 0..setup.replicas {
-        permissions.push(spawn_role_with(base, &PERMISSION, tag, &permission_db, &tracing).await?);
-        meetings.push(spawn_role_with(base, &MEETING, tag, &meeting_db, &tracing).await?);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (meeting, permission) = (&meetings[0], &permissions[0]);
-    let idle: Vec<f64> = [meeting, permission]
-        .iter()
-        .map(|p| rss_mb(p.child.id()))
-        .collect();
-
-    // Watch permission.granted: meeting_id → when it was seen.
-    let conn = Connection::connect(base.mq.url.expose(), ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    let mut consumer =
-        topology::tap(&ch, &format!("{tag}-events"), &["permission.granted"]).await?;
-    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let notify = Arc::new(tokio::sync::Notify::new());
-    let watcher = {
-        let (seen, notify) = (seen.clone(), notify.clone());
-        tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
-                let at = Instant::now();
-                if let Ok(env) = Envelope::from_bytes(&d.data) {
-                    if let Some(id) = env.data["meeting_id"].as_str() {
-                        seen.lock().await.insert(id.to_string(), at);
-                        notify.notify_waiters();
-                    }
-                }
-            }
-        })
-    };
-
-    let token =
-        meeting_events::issue_token(&Secret::new(SECRET), "alice", Duration::from_secs(3600))?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    let post = {
-        let (http, token) = (http.clone(), token.clone());
-        let urls: Vec<String> = meetings
-            .iter()
-            .map(|m| format!("{}/meetings", m.base))
-            .collect();
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        move || {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (http, token, url) = (http.clone(), token.clone(), urls[i % urls.len()].clone());
-            async move {
-                let started = Instant::now();
-                let r = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&json!({"title": "bench"}))
-                    .send()
-                    .await?;
-                if r.status() != 201 {
-                    bail!("POST /meetings answered {}", r.status());
-                }
-                let v: serde_json::Value = r.json().await?;
-                Ok::<_, anyhow::Error>((v["id"].as_str().unwrap_or_default().to_string(), started))
-            }
-        }
-    };
-    let wait_all = |ids: Vec<String>| {
-        let (seen, notify) = (seen.clone(), notify.clone());
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let notified = notify.notified();
-                if ids
-                    .iter()
-                    .all(|id| seen.try_lock().map(|s| s.contains_key(id)).unwrap_or(false))
-                {
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    bail!("timed out waiting for permission.granted");
-                }
-                let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
-            }
-        }
-    };
+    let rig = Rig::start(base, tag, args, setup, &[], false).await?;
+    let idle = rig.rss();
 
     // Full concurrency.
-    let mut who: Vec<(String, Procs)> = vec![
-        ("broker".into(), Procs::Named("beam.smp")),
-        (
-            "meeting-service".into(),
-            Procs::Fixed(meetings.iter().map(|m| m.child.id()).collect()),
-        ),
-        (
-            "permission-service".into(),
-            Procs::Fixed(permissions.iter().map(|p| p.child.id()).collect()),
-        ),
-        (
-            "bench client".into(),
-            Procs::Fixed(vec![std::process::id()]),
-        ),
-    ];
-    if setup.postgres.is_some() {
-        who.push(("PostgreSQL".into(), Procs::Named("postgres")));
-    }
+    let who = rig.cpu_owners(setup.postgres.is_some());
     let cpu_before = CpuSplit::sample(&who);
     let started = Instant::now();
-    let mut tasks = FuturesUnordered::new();
-    let mut ids = Vec::with_capacity(args.flows);
-    let mut issued = 0;
-    while issued < args.flows || !tasks.is_empty() {
-        while issued < args.flows && tasks.len() < args.concurrency {
-            tasks.push(tokio::spawn(post()));
-            issued += 1;
-        }
-        if let Some(r) = tasks.next().await {
-            ids.push(r??.0);
-        }
-    }
-    wait_all(ids.clone()).await?;
-    let last = {
-        seen.lock()
-            .await
-            .iter()
-            .filter(|(k, _)| ids.contains(k))
-            .map(|(_, t)| *t)
-            .max()
-            .unwrap_or_else(Instant::now)
-    };
-    let flows_per_sec = args.flows as f64 / (last - started).as_secs_f64();
+    let flows_per_sec = rig.burst(args.flows, args.concurrency).await?;
     let wall = started.elapsed().as_secs_f64();
     let cpu_after = CpuSplit::sample(&who);
     let cpu = CpuSplit::between(&who, &cpu_before, &cpu_after, wall);
 
     // Paced.
-    let total = (args.rate as f64 * args.paced_for.as_secs_f64()).round() as usize;
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut handles = Vec::with_capacity(total);
-    for _ in 0..total {
-        ticker.tick().await;
-        handles.push(tokio::spawn(post()));
-    }
-    let mut starts = Vec::with_capacity(total);
-    for h in handles {
-        starts.push(h.await??);
-    }
-    wait_all(starts.iter().map(|(id, _)| id.clone()).collect()).await?;
-    let seen_now = seen.lock().await;
-    let mut lat: Vec<f64> = starts
-        .iter()
-        .filter_map(|(id, t)| seen_now.get(id).map(|s| (*s - *t).as_secs_f64() * 1000.0))
-        .collect();
-    drop(seen_now);
-    lat.sort_by(|a, b| a.total_cmp(b));
+    let lat = rig.paced(args.rate, args.paced_for).await?;
     let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
-
-    let after: Vec<f64> = [meeting, permission]
-        .iter()
-        .map(|p| rss_mb(p.child.id()))
-        .collect();
-    watcher.abort();
-    let _ = conn.close(200, "bench done".into()).await;
-    let memory = [meeting, permission]
-        .iter()
-        .zip(idle.iter().zip(after))
-        .map(|(p, (i, a))| (p.role.service_name().to_string(), *i, a))
+    let memory = idle
+        .into_iter()
+        .zip(rig.rss())
+        .map(|((name, i), (_, a))| (name, i, a))
         .collect();
     let result = ChainResult {
         cpu,
@@ -273,8 +350,6 @@ pub(crate) async fn chain(
         max_ms: *lat.last().unwrap_or(&f64::NAN),
         memory,
     };
-    drop(meetings);
-    drop(permissions);
-    let _ = std::fs::remove_dir_all(&dir);
+    rig.stop().await;
     Ok(result)
 }

@@ -33,6 +33,7 @@ use meeting_events::roles::{Role, LIVE, MEETING, PERMISSION};
 /// pattern of mq.py, and memory. Roles run as `app` processes (next to this binary, or
 /// APP_BIN).
 mod chain;
+mod costs;
 mod live;
 mod live_h2;
 mod procs;
@@ -41,6 +42,7 @@ mod raw_chain;
 mod relay;
 
 use chain::*;
+use costs::*;
 use live::*;
 use procs::*;
 use publish::*;
@@ -328,6 +330,21 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 ratio: None,
                 target: "profile".into(),
             });
+            let per_flow: Vec<String> = split
+                .iter()
+                .map(|(n, s)| format!("{n} {:.3}", 1000.0 * s / args.flows as f64))
+                .collect();
+            rows.push(Row {
+                name: format!("chain ({what}) CPU ms per flow (full-concurrency run)"),
+                result: per_flow.join(", "),
+                ratio: None,
+                target: "profile".into(),
+            });
+            if setup.traced.is_none() {
+                let flows = args.flows.min(1_000);
+                let costs = costs(&base, &format!("{tag}-k{i}"), &args, setup, flows).await?;
+                rows.extend(cost_rows(&what, &costs));
+            }
             notes.push(format!("{what}: {}", parts.join(", ")));
             if i == 0 {
                 memory = chain.memory;

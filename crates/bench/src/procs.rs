@@ -129,6 +129,22 @@ pub(crate) async fn spawn_role_with(
     database: &str,
     extra: &[(&str, String)],
 ) -> anyhow::Result<RoleProcess> {
+    spawn_role_logged(base, role, tag, database, extra, None).await
+}
+
+/// [`spawn_role_with`], its log (standard error) written to `log` when given.
+pub(crate) async fn spawn_role_logged(
+    base: &Settings,
+    role: Role,
+    tag: &str,
+    database: &str,
+    extra: &[(&str, String)],
+    log: Option<&std::path::Path>,
+) -> anyhow::Result<RoleProcess> {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path)?),
+        None => Stdio::inherit(),
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -145,6 +161,7 @@ pub(crate) async fn spawn_role_with(
         .env("CONFIG_DIR", "/nonexistent")
         .envs(extra.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()?;
     let p = RoleProcess {
         role,

@@ -75,6 +75,10 @@ metrics_of! {
         "Events committed but not yet confirmed by the broker.";
     gauge outbox_oldest_age_seconds(service) = "outbox_oldest_age_seconds" [Seconds]:
         "Age of the oldest event waiting in the outbox.";
+    histogram outbox_publish_wait_seconds(service) = "outbox_publish_wait_seconds" [Seconds]:
+        "Time from an event's write to the outbox to the broker's confirm of its publish.";
+    counter store_transactions_total() = "store_transactions_total":
+        "Write transactions begun on this process's store: units of work and the relay's deletes.";
     gauge broker_connected(service) = "broker_connected":
         "1 while the service holds a live broker connection, else 0.";
     gauge broker_blocked(service) = "broker_blocked":

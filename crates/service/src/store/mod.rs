@@ -211,6 +211,7 @@ impl Store {
     pub(crate) async fn begin(&self) -> sqlx::Result<Transaction<'static, Any>> {
         let pool = self.pool.clone();
         let dialect = self.dialect;
+        crate::metric::store_transactions_total().increment(1);
         tokio::spawn(async move {
             match dialect {
                 Dialect::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,

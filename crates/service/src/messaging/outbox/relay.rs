@@ -240,6 +240,8 @@ async fn relay_batch(
             Ok(Published::Routed) => {
                 crate::metric::events_published_total(row.producer.clone(), row.event_type.clone())
                     .increment(1);
+                crate::metric::outbox_publish_wait_seconds(row.producer.clone())
+                    .record((now_ms() - row.created_at_ms).max(0) as f64 / 1000.0);
                 tracing::debug!(event_id = %row.event_id, event_type = %row.event_type, correlation_id = row.correlation_id.as_deref().unwrap_or(""), "event published");
                 done.push(row.seq);
             }
