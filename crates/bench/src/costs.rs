@@ -261,7 +261,7 @@ impl Strace {
 
 /// The rows of a cost count: each role's statements, transactions, publishes and relay
 /// wait per flow (and SQLite's WAL frames and syncs), and PostgreSQL's WAL per flow.
-fn cost_rows(what: &str, costs: &Costs) -> Vec<Row> {
+pub(crate) fn cost_rows(what: &str, costs: &Costs) -> Vec<Row> {
     let mut rows = Vec::new();
     for role in &costs.roles {
         let total: f64 = role.statements.values().sum();
