@@ -222,6 +222,8 @@ impl Strace {
         let child = Command::new("strace")
             .args([
                 "-f",
+                // Only the traced calls stop the process, not every call.
+                "--seccomp-bpf",
                 "-qq",
                 "-y",
                 "-e",

@@ -7,15 +7,22 @@
 //! tried again after [`UNROUTABLE_RETRY`] — unless no role consumes its event from a queue
 //! (only the live role watches it): then the broker holds it in `<exchange>.unrouted`.
 //!
-//! Here the table; the unit of work that writes it in `work.rs`, the relay in `relay.rs`,
-//! and which replica relays (the leader lock, LISTEN/NOTIFY) in `leader.rs`.
+//! A commit hands its rows to the relay of its own process, which publishes them without
+//! reading the table; the table is read only at start, on the idle poll, after another
+//! replica's commit or a failure, and when the hand-off overflows.
+//!
+//! Here the table and the hand-off; the unit of work that writes it in `work.rs`, the relay
+//! in `relay.rs`, one batch's publishing in `batch.rs`, and which replica relays (the
+//! leader lock, LISTEN/NOTIFY) in `leader.rs`.
 
+mod batch;
 mod leader;
 mod relay;
 mod unrouted;
 mod work;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{AnyConnection, AnyPool, Row};
@@ -36,6 +43,12 @@ pub(crate) const UNROUTABLE_RETRY: Duration = Duration::from_secs(2);
 pub(super) const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often the backlog gauges are refreshed.
 pub(super) const GAUGE_EVERY: Duration = Duration::from_secs(5);
+/// Rows the hand-off holds at most; beyond it the relay reads the table instead.
+const HANDOFF_MAX: usize = 4 * BATCH as usize;
+/// Published rows are deleted together once this many are confirmed…
+pub(super) const DELETE_EVERY: usize = BATCH as usize;
+/// …or once the oldest of them was confirmed this long ago.
+pub(super) const DELETE_AFTER: Duration = Duration::from_millis(50);
 
 /// The one way to emit events: a handle that knows the producer, opens units of work on
 /// the role's store, and wakes the relay after a commit that added rows. HTTP handlers and
@@ -49,16 +62,31 @@ pub(crate) struct Outbox {
     /// The version of each event type this role emits (`EVENT_EMIT_VERSIONS`).
     pub(super) emit: Arc<Pins>,
     wake: Arc<Notify>,
+    handoff: Arc<Mutex<Handoff>>,
+    /// Whether this process's relay publishes (on PostgreSQL, holds the relay lock).
+    leading: Arc<AtomicBool>,
+}
+
+/// Rows committed in this process and not yet taken by its relay.
+#[derive(Default)]
+struct Handoff {
+    rows: Vec<OutboxRow>,
+    /// Rows were dropped for want of room: the relay reads the table.
+    overflowed: bool,
 }
 
 impl Outbox {
     pub(crate) fn new(producer: &str, exchange: &str, emit: &Pins, store: Store) -> Self {
+        // A SQLite store is its process's own: its relay always relays.
+        let sqlite = store.dialect() == crate::store::Dialect::Sqlite;
         Self {
             producer: producer.into(),
             exchange: exchange.into(),
             store,
             emit: Arc::new(emit.clone()),
             wake: Arc::default(),
+            handoff: Arc::default(),
+            leading: Arc::new(AtomicBool::new(sqlite)),
         }
     }
 
@@ -76,6 +104,39 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// Hand committed rows to this process's relay, and wake it.
+    pub(super) fn hand_off(&self, rows: Vec<OutboxRow>) {
+        if let Ok(mut handoff) = self.handoff.lock() {
+            if handoff.rows.len() + rows.len() > HANDOFF_MAX {
+                handoff.rows.clear();
+                handoff.overflowed = true;
+            } else if !handoff.overflowed {
+                handoff.rows.extend(rows);
+            }
+        }
+        self.wake();
+    }
+
+    /// The rows handed off since the last call, and whether some were dropped (then the
+    /// table holds what is missing).
+    pub(super) fn take_handed(&self) -> (Vec<OutboxRow>, bool) {
+        match self.handoff.lock() {
+            Ok(mut handoff) => {
+                let overflowed = std::mem::take(&mut handoff.overflowed);
+                (std::mem::take(&mut handoff.rows), overflowed)
+            }
+            Err(_) => (Vec::new(), true),
+        }
+    }
+
+    pub(super) fn leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Relaxed);
+    }
+
     pub(super) async fn woken(&self) {
         self.wake.notified().await
     }
@@ -84,26 +145,38 @@ impl Outbox {
 /// `next_attempt_ms` of a row set aside: never due again.
 pub(super) const SET_ASIDE: i64 = i64::MAX;
 
+/// Write `envelope` to the outbox in `tx`: the row, as the relay will read it.
 pub(super) async fn insert(
     tx: &mut AnyConnection,
     envelope: &Envelope,
-    trace: &crate::trace::Carrier,
-) -> sqlx::Result<()> {
-    sqlx::query(
+    trace: crate::trace::Carrier,
+) -> sqlx::Result<OutboxRow> {
+    let body = envelope.to_bytes();
+    let created_at_ms = now_ms();
+    let seq: i64 = sqlx::query_scalar(
         "INSERT INTO outbox (event_id, event_type, producer, correlation_id, body, created_at_ms, traceparent, tracestate)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
     )
     .bind(&envelope.event_id)
     .bind(&envelope.event_type)
     .bind(&envelope.producer)
     .bind(&envelope.correlation_id)
-    .bind(envelope.to_bytes())
-    .bind(now_ms())
+    .bind(&body)
+    .bind(created_at_ms)
     .bind(&trace.traceparent)
     .bind(&trace.tracestate)
-    .execute(tx)
+    .fetch_one(tx)
     .await?;
-    Ok(())
+    Ok(OutboxRow {
+        seq,
+        event_id: envelope.event_id.clone(),
+        event_type: envelope.event_type.clone(),
+        producer: envelope.producer.clone(),
+        correlation_id: envelope.correlation_id.clone(),
+        body,
+        created_at_ms,
+        trace,
+    })
 }
 
 pub(super) struct OutboxRow {

@@ -28,7 +28,8 @@ pub(crate) struct Work {
     outbox: Outbox,
     /// The event being handled, when this work applies one: emitted events join its chain.
     cause: Option<Cause>,
-    emitted: usize,
+    /// The rows emitted, handed to the relay after the commit.
+    emitted: Vec<super::OutboxRow>,
 }
 
 struct Cause {
@@ -42,7 +43,7 @@ impl Work {
             tx: outbox.store.begin().await?,
             outbox,
             cause: None,
-            emitted: 0,
+            emitted: Vec::new(),
         })
     }
 
@@ -78,26 +79,33 @@ impl Work {
         // context goes into the row and, unchanged, into the message's headers.
         let span = create_span(&self.outbox.exchange, &envelope);
         let carrier = crate::trace::Carrier::of(&span);
-        insert(&mut self.tx, &envelope, &carrier)
+        let row = insert(&mut self.tx, &envelope, carrier)
             .instrument(span)
             .await?;
-        self.emitted += 1;
+        self.emitted.push(row);
         tracing::info!(event_id = %envelope.event_id, event_type = %envelope.event_type, event_version = envelope.event_version, correlation_id = %envelope.chain_id(), "event committed to the outbox");
         Ok(())
     }
 
-    /// Commit, and wake the relay when events were emitted: this process's, and on
-    /// PostgreSQL the replica that relays (a notification delivered at commit).
+    /// Commit, and hand the emitted rows to this process's relay when it is the one that
+    /// relays; on PostgreSQL, when another replica relays, wake that one instead (a
+    /// notification delivered at commit).
     pub(crate) async fn commit(mut self) -> sqlx::Result<()> {
-        if self.emitted > 0 && self.outbox.store.dialect() == Dialect::Postgres {
+        let leading = self.outbox.leading();
+        if !self.emitted.is_empty() && !leading && self.outbox.store.dialect() == Dialect::Postgres
+        {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(NOTIFY_CHANNEL)
                 .execute(&mut *self.tx)
                 .await?;
         }
         self.tx.commit().await?;
-        if self.emitted > 0 {
-            self.outbox.wake();
+        if !self.emitted.is_empty() {
+            if leading {
+                self.outbox.hand_off(std::mem::take(&mut self.emitted));
+            } else {
+                self.outbox.wake();
+            }
         }
         Ok(())
     }
