@@ -10,6 +10,9 @@ pub(crate) struct ChainResult {
     pub(crate) p99_ms: f64,
     pub(crate) max_ms: f64,
     pub(crate) memory: Vec<(String, f64, f64)>,
+    /// Each role's mean wait from an event's write to its confirm in the full-concurrency
+    /// run, in milliseconds.
+    pub(crate) relay_wait_ms: Vec<(String, f64)>,
 }
 
 /// POST /meetings → meeting.created → permission-service → permission.granted on the bus.
@@ -302,6 +305,27 @@ impl Rig {
             .collect()
     }
 
+    /// Each role's `outbox_publish_wait_seconds` so far: (sum, count), replicas together.
+    async fn relay_waits(&self) -> anyhow::Result<Vec<(String, (f64, f64))>> {
+        let http = reqwest::Client::new();
+        let mut waits = Vec::new();
+        for (name, ps) in [
+            ("meeting-service", &self.meetings),
+            ("permission-service", &self.permissions),
+        ] {
+            let m = scrape_all(&http, ps).await?;
+            let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+            waits.push((
+                name.to_string(),
+                (
+                    get("outbox_publish_wait_seconds_sum"),
+                    get("outbox_publish_wait_seconds_count"),
+                ),
+            ));
+        }
+        Ok(waits)
+    }
+
     /// Where the roles write their logs and stores.
     pub(crate) fn dir(&self) -> &std::path::Path {
         &self.dir
@@ -327,11 +351,21 @@ pub(crate) async fn chain(
 
     // Full concurrency.
     let who = rig.cpu_owners(setup.postgres.is_some());
+    let waits_before = rig.relay_waits().await?;
     let cpu_before = CpuSplit::sample(&who);
     let started = Instant::now();
     let flows_per_sec = rig.burst(args.flows, args.concurrency).await?;
     let wall = started.elapsed().as_secs_f64();
     let cpu_after = CpuSplit::sample(&who);
+    let relay_wait_ms = rig
+        .relay_waits()
+        .await?
+        .into_iter()
+        .zip(waits_before)
+        .map(|((name, (sum, n)), (_, (sum0, n0)))| {
+            (name, 1000.0 * (sum - sum0) / (n - n0).max(1.0))
+        })
+        .collect();
     let cpu = CpuSplit::between(&who, &cpu_before, &cpu_after, wall);
 
     // Paced.
@@ -349,6 +383,7 @@ pub(crate) async fn chain(
         p99_ms: pct(0.99),
         max_ms: *lat.last().unwrap_or(&f64::NAN),
         memory,
+        relay_wait_ms,
     };
     rig.stop().await;
     Ok(result)

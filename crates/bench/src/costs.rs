@@ -171,7 +171,7 @@ fn count_statements(path: &std::path::Path, from: u64) -> anyhow::Result<BTreeMa
 }
 
 /// Each metric of the processes' `/metrics`, summed over their series and processes.
-async fn scrape_all(
+pub(crate) async fn scrape_all(
     http: &reqwest::Client,
     ps: &[RoleProcess],
 ) -> anyhow::Result<HashMap<String, f64>> {

@@ -334,6 +334,19 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(n, s)| format!("{n} {:.3}", 1000.0 * s / args.flows as f64))
                 .collect();
+            let waits: Vec<String> = chain
+                .relay_wait_ms
+                .iter()
+                .map(|(n, ms)| format!("{n} {ms:.1} ms"))
+                .collect();
+            rows.push(Row {
+                name: format!(
+                    "chain ({what}) relay wait, write to confirm, mean (full-concurrency run)"
+                ),
+                result: waits.join(", "),
+                ratio: None,
+                target: "profile".into(),
+            });
             rows.push(Row {
                 name: format!("chain ({what}) CPU ms per flow (full-concurrency run)"),
                 result: per_flow.join(", "),

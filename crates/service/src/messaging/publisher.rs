@@ -44,6 +44,49 @@ pub async fn send(
         .await
 }
 
+/// Send several messages to `exchange`, in order, each `(routing key, body, properties)`;
+/// the result of each send, in the same order. A send queues its frames when it is first
+/// polled and then waits for the connection to write them: polled one after another, each
+/// message would cost a hand-off to the connection's writer and back, and a busy runtime
+/// would schedule every other task in between. Here every send is polled in order (so the
+/// frames leave in call order) and the writes are awaited together.
+pub async fn send_all<'a>(
+    channel: &Channel,
+    exchange: &str,
+    messages: impl IntoIterator<Item = (&'a str, &'a [u8], BasicProperties)>,
+) -> Vec<lapin::Result<PublisherConfirm>> {
+    use futures_util::future::maybe_done;
+    use std::future::Future as _;
+    use std::task::Poll;
+    let mut sends: Vec<_> = messages
+        .into_iter()
+        .map(|(key, body, props)| Box::pin(maybe_done(send(channel, exchange, key, body, props))))
+        .collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for send in sends.iter_mut() {
+            done &= send.as_mut().poll(cx).is_ready();
+        }
+        if done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    sends
+        .iter_mut()
+        .map(|send| match send.as_mut().take_output() {
+            Some(result) => result,
+            None => Err(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Error,
+                "basic.publish",
+            )
+            .into()),
+        })
+        .collect()
+}
+
 /// How long a confirm may take before the connection is presumed dead. A broker that
 /// vanishes without closing the socket would otherwise leave the publisher waiting forever.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

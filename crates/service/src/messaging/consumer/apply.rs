@@ -6,6 +6,7 @@
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
@@ -71,14 +72,23 @@ impl Consumer {
                 for (incoming, applied) in ready.iter().zip(outcomes) {
                     crate::metric::event_handler_duration_seconds(service.clone(), incoming.label)
                         .record(each);
-                    async {
-                        self.record_applied(incoming, &applied);
-                        incoming.delivery.ack(BasicAckOptions::default()).await
-                    }
-                    .instrument(incoming.span.clone())
-                    .await?;
+                    incoming
+                        .span
+                        .in_scope(|| self.record_applied(incoming, &applied));
                 }
-                Ok(())
+                // The acks go out together: each queues its frame when first polled, so
+                // the batch costs one hand-off to the connection's writer, not one each.
+                let acks = ready.iter().map(|incoming| {
+                    incoming
+                        .delivery
+                        .ack(BasicAckOptions::default())
+                        .instrument(incoming.span.clone())
+                });
+                join_all(acks)
+                    .await
+                    .into_iter()
+                    .map(|r| r.map(drop))
+                    .collect()
             }
             Err(_) => {
                 for incoming in ready {

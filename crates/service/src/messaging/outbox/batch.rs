@@ -101,24 +101,26 @@ pub(super) async fn publish(
     let exchange = &broker.settings().exchange;
     let mut pending = Vec::with_capacity(rows.len());
     let mut send_error = None;
-    for row in &rows {
-        let props = properties(broker, row);
-        let span = publish_span(exchange, row);
-        match publisher::send(
-            &session.publisher,
-            exchange,
-            &row.event_type,
-            &row.body,
-            props,
-        )
-        .await
-        {
+    let spans: Vec<tracing::Span> = rows.iter().map(|row| publish_span(exchange, row)).collect();
+    let sent = publisher::send_all(
+        &session.publisher,
+        exchange,
+        rows.iter().map(|row| {
+            (
+                row.event_type.as_str(),
+                row.body.as_slice(),
+                properties(broker, row),
+            )
+        }),
+    )
+    .await;
+    for ((row, span), result) in rows.iter().zip(spans).zip(sent) {
+        match result {
             Ok(confirm) => pending.push((row, confirmed(confirm, span))),
             Err(e) => {
                 crate::trace::fail(&span, "send_failed", e.to_string());
                 tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, error = %e, kind = ?e.kind(), "publishing this event failed; it stays in the outbox");
-                send_error = Some(e);
-                break;
+                send_error.get_or_insert(e);
             }
         }
     }

@@ -30,38 +30,54 @@ struct Relay {
     next_scan: Instant,
     /// The rows the last read returned: a hand-off of one of them is already published.
     scanned: HashSet<i64>,
-    /// Rows the broker confirmed, not deleted yet, and when the first was confirmed.
+    /// Rows the broker confirmed, not deleted yet, and when they are deleted at the latest.
     confirmed: Vec<i64>,
-    since: Option<Instant>,
+    delete_at: Option<Instant>,
+    /// The last delete failed: the next waits for `delete_at`.
+    failing: bool,
 }
 
 impl Relay {
     fn confirmed(&mut self, seqs: Vec<i64>) {
         if !seqs.is_empty() {
-            self.since.get_or_insert_with(Instant::now);
+            self.delete_at
+                .get_or_insert_with(|| Instant::now() + DELETE_AFTER);
             self.confirmed.extend(seqs);
         }
     }
 
-    /// Delete the confirmed rows; kept for the next try when the store fails.
+    /// Delete the confirmed rows; kept for a try one idle poll later when the store fails.
     async fn flush(&mut self, store: &Store) -> sqlx::Result<()> {
-        delete(store, &self.confirmed).await?;
+        if let Err(e) = delete(store, &self.confirmed).await {
+            self.delete_at = Some(Instant::now() + IDLE_POLL);
+            self.failing = true;
+            return Err(e);
+        }
         self.confirmed.clear();
-        self.since = None;
+        self.delete_at = None;
+        self.failing = false;
         Ok(())
     }
 
     fn flush_due(&self) -> bool {
-        self.confirmed.len() >= DELETE_EVERY
-            || self.since.is_some_and(|t| t.elapsed() >= DELETE_AFTER)
+        self.delete_at.is_some_and(|t| {
+            Instant::now() >= t || (self.confirmed.len() >= DELETE_EVERY && !self.failing)
+        })
     }
 
     /// When the relay must look again without a wake-up.
     fn deadline(&self) -> Instant {
-        match self.since {
-            Some(t) => self.next_scan.min(t + DELETE_AFTER),
+        match self.delete_at {
+            Some(t) => self.next_scan.min(t),
             None => self.next_scan,
         }
+    }
+
+    /// After a failure: look again one idle poll from now (or at a wake-up), reading the
+    /// table.
+    fn pause(&mut self) {
+        self.scan = true;
+        self.next_scan = Instant::now() + IDLE_POLL;
     }
 }
 
@@ -98,7 +114,8 @@ pub(crate) async fn run_relay(
         next_scan: Instant::now(),
         scanned: HashSet::new(),
         confirmed: Vec::new(),
-        since: None,
+        delete_at: None,
+        failing: false,
     };
     // Whether this replica relays, asked of the store at most once per idle poll.
     let mut checked: Option<Instant> = None;
@@ -127,7 +144,9 @@ pub(crate) async fn run_relay(
         // wait: the rows stay in the outbox until it is unblocked, and are read from there.
         let blocked = session.connection.status().blocked();
         if blocked || !outbox.leading() {
-            relay.scan = true;
+            // Read the table once this replica relays again; until then wait for a wake-up
+            // or the next look at the lock.
+            relay.pause();
         } else {
             let rows = if relay.scan || probing > 0 || Instant::now() >= relay.next_scan {
                 // After a refusal, rows go one at a time until the refused one is found.
@@ -148,6 +167,7 @@ pub(crate) async fn run_relay(
                     }
                     Err(e) => {
                         tracing::warn!(service, error = %crate::text::Chain(&e), "outbox relay paused");
+                        relay.pause();
                         Vec::new()
                     }
                 }
@@ -176,7 +196,7 @@ pub(crate) async fn run_relay(
                     if let RelayError::Broker(_, done) = &e {
                         relay.confirmed(done.clone());
                     }
-                    relay.scan = true;
+                    relay.pause();
                     full = false;
                     tracing::warn!(service, error = %crate::text::Chain(&e), "outbox relay paused");
                 }
