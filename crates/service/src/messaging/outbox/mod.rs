@@ -16,6 +16,7 @@
 //! leader lock, LISTEN/NOTIFY) in `leader.rs`.
 
 mod batch;
+mod deletes;
 mod leader;
 mod relay;
 mod unrouted;

@@ -3,9 +3,8 @@
 //! process's commits hand it and reads the table only when it must — at start, when it
 //! becomes the replica that relays, on the idle poll, after another replica's commit, after
 //! a failure or an overflowing hand-off — so no row is missed and none waits for a poll.
-//! Confirmed rows are deleted together, in one statement per [`DELETE_EVERY`] rows or
-//! [`DELETE_AFTER`], and always before the table is read, so a read never sees a row the
-//! broker has already confirmed.
+//! Confirmed rows are deleted together in the background (`deletes.rs`), and always before
+//! the table is read, so a read never sees a row the broker has already confirmed.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,13 +13,11 @@ use sqlx::AnyPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{delete, fetch, publish, RelayError};
+use super::batch::{fetch, publish, RelayError};
+use super::deletes::Deletes;
 use super::leader::{listen, notified, Lead};
-use super::{
-    backlog, Outbox, BATCH, DELETE_AFTER, DELETE_EVERY, GAUGE_EVERY, IDLE_POLL, SET_ASIDE,
-};
+use super::{backlog, Outbox, BATCH, GAUGE_EVERY, IDLE_POLL, SET_ASIDE};
 use crate::messaging::Broker;
-use crate::store::Store;
 
 /// What the relay keeps between rounds.
 struct Relay {
@@ -30,44 +27,14 @@ struct Relay {
     next_scan: Instant,
     /// The rows the last read returned: a hand-off of one of them is already published.
     scanned: HashSet<i64>,
-    /// Rows the broker confirmed, not deleted yet, and when they are deleted at the latest.
-    confirmed: Vec<i64>,
-    delete_at: Option<Instant>,
-    /// The last delete failed: the next waits for `delete_at`.
-    failing: bool,
+    /// Confirmed rows, deleted together.
+    deletes: Deletes,
 }
 
 impl Relay {
-    fn confirmed(&mut self, seqs: Vec<i64>) {
-        if !seqs.is_empty() {
-            self.delete_at
-                .get_or_insert_with(|| Instant::now() + DELETE_AFTER);
-            self.confirmed.extend(seqs);
-        }
-    }
-
-    /// Delete the confirmed rows; kept for a try one idle poll later when the store fails.
-    async fn flush(&mut self, store: &Store) -> sqlx::Result<()> {
-        if let Err(e) = delete(store, &self.confirmed).await {
-            self.delete_at = Some(Instant::now() + IDLE_POLL);
-            self.failing = true;
-            return Err(e);
-        }
-        self.confirmed.clear();
-        self.delete_at = None;
-        self.failing = false;
-        Ok(())
-    }
-
-    fn flush_due(&self) -> bool {
-        self.delete_at.is_some_and(|t| {
-            Instant::now() >= t || (self.confirmed.len() >= DELETE_EVERY && !self.failing)
-        })
-    }
-
     /// When the relay must look again without a wake-up.
     fn deadline(&self) -> Instant {
-        match self.delete_at {
+        match self.deletes.deadline() {
             Some(t) => self.next_scan.min(t),
             None => self.next_scan,
         }
@@ -113,9 +80,7 @@ pub(crate) async fn run_relay(
         scan: true,
         next_scan: Instant::now(),
         scanned: HashSet::new(),
-        confirmed: Vec::new(),
-        delete_at: None,
-        failing: false,
+        deletes: Deletes::default(),
     };
     // Whether this replica relays, asked of the store at most once per idle poll.
     let mut checked: Option<Instant> = None;
@@ -123,11 +88,7 @@ pub(crate) async fn run_relay(
         if shutdown.is_cancelled() {
             break;
         }
-        if relay.flush_due() {
-            if let Err(e) = relay.flush(store).await {
-                tracing::warn!(service, error = %crate::text::Chain(&e), "deleting published events from the outbox failed; trying again");
-            }
-        }
+        relay.deletes.tick(store, &service);
         let Some(session) = broker.wait_session(&shutdown).await else {
             break;
         };
@@ -152,7 +113,7 @@ pub(crate) async fn run_relay(
                 // After a refusal, rows go one at a time until the refused one is found.
                 let limit = if probing > 0 { 1 } else { BATCH };
                 let read = async {
-                    relay.flush(store).await?;
+                    relay.deletes.finish(store).await?;
                     // The read sees every row handed off so far.
                     drop(outbox.take_handed());
                     fetch(store, limit).await
@@ -190,11 +151,11 @@ pub(crate) async fn run_relay(
                     };
                     relay.scan |= batch.left || batch.refused;
                     full |= probing > 0;
-                    relay.confirmed(batch.done);
+                    relay.deletes.add(batch.done);
                 }
                 Err(e) => {
                     if let RelayError::Broker(_, done) = &e {
-                        relay.confirmed(done.clone());
+                        relay.deletes.add(done.clone());
                     }
                     relay.pause();
                     full = false;
@@ -215,7 +176,7 @@ pub(crate) async fn run_relay(
     }
     // Shutdown: flush what the broker takes within the grace period.
     let flush = async {
-        if relay.flush(store).await.is_err() || !lead.hold(store, &service).await {
+        if relay.deletes.finish(store).await.is_err() || !lead.hold(store, &service).await {
             return;
         }
         while let Some(session) = broker.current() {
@@ -224,8 +185,8 @@ pub(crate) async fn run_relay(
             };
             match publish(&broker, store, &session, rows).await {
                 Ok(batch) if batch.fetched > 0 && !batch.refused => {
-                    relay.confirmed(batch.done);
-                    if relay.flush(store).await.is_err() {
+                    relay.deletes.add(batch.done);
+                    if relay.deletes.finish(store).await.is_err() {
                         break;
                     }
                 }
@@ -236,7 +197,7 @@ pub(crate) async fn run_relay(
     if tokio::time::timeout(grace, flush).await.is_err() {
         tracing::warn!(service, "outbox flush did not finish within the shutdown grace period; the rest is sent on next start");
     }
-    let _ = relay.flush(store).await;
+    let _ = relay.deletes.finish(store).await;
     lead.release().await;
     let _ = gauges.await;
     record_backlog(pool, &service).await;
