@@ -259,7 +259,8 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 args.concurrency,
             )
         };
-        let limit_before = limit(0).await?;
+        // Its CPU too: what a flow costs the broker and a client that does nothing else.
+        let (limit_before, raw_cpu) = broker_and_client_cpu(limit(0)).await?;
         let mut chain_rows = Vec::new();
         for (i, setup) in setups.iter().enumerate() {
             let chain = chain(&base, &format!("{tag}-c{i}"), &args, setup).await?;
@@ -330,29 +331,20 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 ratio: None,
                 target: "profile".into(),
             });
-            let per_flow: Vec<String> = split
-                .iter()
-                .map(|(n, s)| format!("{n} {:.3}", 1000.0 * s / args.flows as f64))
-                .collect();
-            let waits: Vec<String> = chain
-                .relay_wait_ms
-                .iter()
+            let waits: Vec<String> = (chain.relay_wait_ms.iter())
                 .map(|(n, ms)| format!("{n} {ms:.1} ms"))
                 .collect();
             rows.push(Row {
-                name: format!(
-                    "chain ({what}) relay wait, write to confirm, mean (full-concurrency run)"
-                ),
+                name: format!("chain ({what}) relay wait, write to confirm, mean (full run)"),
                 result: waits.join(", "),
                 ratio: None,
                 target: "profile".into(),
             });
-            rows.push(Row {
-                name: format!("chain ({what}) CPU ms per flow (full-concurrency run)"),
-                result: per_flow.join(", "),
-                ratio: None,
-                target: "profile".into(),
-            });
+            rows.push(cpu_per_flow_row(
+                format!("chain ({what}) CPU ms per flow (full-concurrency run)"),
+                &chain.cpu,
+                args.flows,
+            ));
             if setup.traced.is_none() {
                 let flows = args.flows.min(1_000);
                 let costs = costs(&base, &format!("{tag}-k{i}"), &args, setup, flows).await?;
@@ -376,6 +368,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             ratio: Some(raw_chain_rate / raw),
             target: "reference".into(),
         });
+        rows.push(cpu_per_flow_row(
+            "raw 2-hop lapin chain CPU ms per flow (first run)".into(),
+            &raw_cpu,
+            args.flows,
+        ));
         cpu_note = Some(notes.join("\n  "));
     }
 

@@ -75,6 +75,39 @@ impl CpuSplit {
     }
 }
 
+/// Run `work`, and the CPU the broker and this process spent on it.
+pub(crate) async fn broker_and_client_cpu<T>(
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, CpuSplit)> {
+    let who: Vec<(String, Procs)> = vec![
+        ("broker".into(), Procs::Named("beam.smp")),
+        ("client".into(), Procs::Fixed(vec![std::process::id()])),
+    ];
+    let before = CpuSplit::sample(&who);
+    let started = Instant::now();
+    let out = work.await?;
+    let wall = started.elapsed().as_secs_f64();
+    Ok((
+        out,
+        CpuSplit::between(&who, &before, &CpuSplit::sample(&who), wall),
+    ))
+}
+
+/// A row of each process's CPU milliseconds per flow.
+pub(crate) fn cpu_per_flow_row(name: String, cpu: &CpuSplit, flows: usize) -> Row {
+    let per_flow: Vec<String> = cpu
+        .0
+        .iter()
+        .map(|(n, s)| format!("{n} {:.3}", 1000.0 * s / flows as f64))
+        .collect();
+    Row {
+        name,
+        result: per_flow.join(", "),
+        ratio: None,
+        target: "profile".into(),
+    }
+}
+
 /// A role running as its own process for the chain benchmark.
 pub(crate) struct RoleProcess {
     pub(crate) role: Role,

@@ -247,6 +247,11 @@ async fn a_rolling_deploy_of_a_new_event_version_loses_and_misreads_nothing() {
             .is_empty(),
         "three seats never read as one"
     );
+    // Confirmed rows are deleted together, within DELETE_AFTER (50 ms) of their confirm.
+    eventually(WAIT, || async {
+        waiting_versions(&ctx).await.is_empty().then_some(())
+    })
+    .await;
     assert_eq!(
         waiting_versions(&ctx).await,
         Vec::<u64>::new(),

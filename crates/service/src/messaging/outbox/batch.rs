@@ -3,7 +3,8 @@
 //! unroutable rows tried again later (or, when no role consumes them from a queue, handed
 //! to the unrouted queue); refused ones set aside; the confirmed ones returned, to delete.
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::FutureExt;
 use sqlx::Row;
 
 use super::unrouted;
@@ -93,11 +94,21 @@ pub(super) async fn publish(
     session: &Session,
     rows: Vec<OutboxRow>,
 ) -> Result<Batch, RelayError> {
-    let pool = store.pool();
-    if rows.is_empty() {
-        return Ok(Batch::default());
-    }
+    let sent = send(broker, session, rows).await;
+    settle(broker.clone(), store.clone(), sent).await
+}
 
+/// A batch whose frames are written, its confirms still to come: [`settle`] awaits them.
+pub(super) struct Sent {
+    rows: Vec<OutboxRow>,
+    /// Each sent row's index and its confirm.
+    pending: Vec<(usize, BoxFuture<'static, lapin::Result<Published>>)>,
+    send_error: Option<lapin::Error>,
+    session: Session,
+}
+
+/// Write a batch's frames, in order, without waiting for the confirms.
+pub(super) async fn send(broker: &Broker, session: &Session, rows: Vec<OutboxRow>) -> Sent {
     let exchange = &broker.settings().exchange;
     let mut pending = Vec::with_capacity(rows.len());
     let mut send_error = None;
@@ -114,9 +125,10 @@ pub(super) async fn publish(
         }),
     )
     .await;
-    for ((row, span), result) in rows.iter().zip(spans).zip(sent) {
+    for (i, (span, result)) in spans.into_iter().zip(sent).enumerate() {
+        let row = &rows[i];
         match result {
-            Ok(confirm) => pending.push((row, confirmed(confirm, span))),
+            Ok(confirm) => pending.push((i, confirmed(confirm, span).boxed())),
             Err(e) => {
                 crate::trace::fail(&span, "send_failed", e.to_string());
                 tracing::warn!(event_id = %row.event_id, event_type = %row.event_type, error = %e, kind = ?e.kind(), "publishing this event failed; it stays in the outbox");
@@ -124,8 +136,31 @@ pub(super) async fn publish(
             }
         }
     }
-    let (rows_sent, confirms): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+    Sent {
+        rows,
+        pending,
+        send_error,
+        session: session.clone(),
+    }
+}
+
+/// Await a sent batch's confirms: the confirmed rows returned in [`Batch::done`], unroutable
+/// ones marked for a later try (or handed to the unrouted queue), a refused one set aside.
+pub(super) async fn settle(broker: Broker, store: Store, sent: Sent) -> Result<Batch, RelayError> {
+    let Sent {
+        rows,
+        pending,
+        send_error,
+        session,
+    } = sent;
+    if rows.is_empty() {
+        return Ok(Batch::default());
+    }
+    let (broker, session, pool) = (&broker, &session, store.pool());
+    let exchange = &broker.settings().exchange;
+    let (indices, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
     let results = join_all(confirms).await;
+    let rows_sent = indices.into_iter().map(|i| &rows[i]);
 
     let mut done = Vec::new();
     let mut unroutable = Vec::new();

@@ -3,21 +3,32 @@
 //! process's commits hand it and reads the table only when it must — at start, when it
 //! becomes the replica that relays, on the idle poll, after another replica's commit, after
 //! a failure or an overflowing hand-off — so no row is missed and none waits for a poll.
-//! Confirmed rows are deleted together in the background (`deletes.rs`), and always before
-//! the table is read, so a read never sees a row the broker has already confirmed.
+//! Handed-off batches are pipelined: the next is sent while the confirms of the earlier
+//! ones are still coming, up to [`MAX_UNCONFIRMED`] rows. A read of the table waits until
+//! every batch sent is settled and its confirmed rows deleted (`deletes.rs`), so it never
+//! returns a row in flight or already confirmed.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use sqlx::AnyPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{fetch, publish, RelayError};
+use super::batch::{fetch, publish, send, settle, Batch, RelayError};
 use super::deletes::Deletes;
 use super::leader::{listen, notified, Lead};
 use super::{backlog, Outbox, BATCH, GAUGE_EVERY, IDLE_POLL, SET_ASIDE};
 use crate::messaging::Broker;
+
+/// Rows sent and not yet confirmed, at most; beyond it the relay waits for the oldest batch.
+const MAX_UNCONFIRMED: usize = 4 * BATCH as usize;
+
+/// A batch in flight: its row count, and its settlement.
+type InFlight = BoxFuture<'static, (usize, Result<Batch, RelayError>)>;
 
 /// What the relay keeps between rounds.
 struct Relay {
@@ -27,8 +38,13 @@ struct Relay {
     next_scan: Instant,
     /// The rows the last read returned: a hand-off of one of them is already published.
     scanned: HashSet<i64>,
+    /// Rows still to publish one by one to find one the broker refuses for good.
+    probing: i64,
     /// Confirmed rows, deleted together.
     deletes: Deletes,
+    /// Batches sent, oldest first, and the rows they hold.
+    inflight: FuturesOrdered<InFlight>,
+    unconfirmed: usize,
 }
 
 impl Relay {
@@ -46,6 +62,45 @@ impl Relay {
         self.scan = true;
         self.next_scan = Instant::now() + IDLE_POLL;
     }
+
+    /// What a settled batch means for the next rounds.
+    fn settled(&mut self, (rows, result): (usize, Result<Batch, RelayError>), service: &str) {
+        self.unconfirmed -= rows;
+        match result {
+            Ok(batch) => {
+                self.probing = match (self.probing, batch.refused, batch.set_aside) {
+                    (_, _, true) => 0,
+                    (_, true, _) => BATCH,
+                    // Never below zero: a batch that was not probing must not keep the
+                    // next refusal from starting a probe.
+                    (n, _, _) => (n - batch.fetched as i64).max(0),
+                };
+                self.scan |= batch.left || batch.refused;
+                self.deletes.add(batch.done);
+            }
+            Err(e) => {
+                if let RelayError::Broker(_, done) = &e {
+                    self.deletes.add(done.clone());
+                }
+                self.pause();
+                tracing::warn!(service, error = %crate::text::Chain(&e), "outbox relay paused");
+            }
+        }
+    }
+
+    /// Settle the batches whose confirms are all in, without waiting.
+    fn settle_ready(&mut self, service: &str) {
+        while let Some(Some(done)) = self.inflight.next().now_or_never() {
+            self.settled(done, service);
+        }
+    }
+
+    /// Wait for every batch in flight.
+    async fn settle_all(&mut self, service: &str) {
+        while let Some(done) = self.inflight.next().await {
+            self.settled(done, service);
+        }
+    }
 }
 
 /// The relay task. Runs until `shutdown`; then publishes what it can within `grace`.
@@ -59,8 +114,6 @@ pub(crate) async fn run_relay(
     let store = &outbox.store;
     let pool = store.pool();
     let mut lead = Lead::for_store(store);
-    // Rows still to publish one by one to find one the broker refuses for good.
-    let mut probing: i64 = 0;
     let mut listener = listen(store).await;
     // The backlog gauges on their own timer: a relay waiting for confirms (a broker that
     // blocks publishes during a resource alarm) must not freeze them.
@@ -80,7 +133,10 @@ pub(crate) async fn run_relay(
         scan: true,
         next_scan: Instant::now(),
         scanned: HashSet::new(),
+        probing: 0,
         deletes: Deletes::default(),
+        inflight: FuturesOrdered::new(),
+        unconfirmed: 0,
     };
     // Whether this replica relays, asked of the store at most once per idle poll.
     let mut checked: Option<Instant> = None;
@@ -88,6 +144,7 @@ pub(crate) async fn run_relay(
         if shutdown.is_cancelled() {
             break;
         }
+        relay.settle_ready(&service);
         relay.deletes.tick(store, &service);
         let Some(session) = broker.wait_session(&shutdown).await else {
             break;
@@ -108,74 +165,77 @@ pub(crate) async fn run_relay(
             // Read the table once this replica relays again; until then wait for a wake-up
             // or the next look at the lock.
             relay.pause();
-        } else {
-            let rows = if relay.scan || probing > 0 || Instant::now() >= relay.next_scan {
-                // After a refusal, rows go one at a time until the refused one is found.
-                let limit = if probing > 0 { 1 } else { BATCH };
-                let read = async {
-                    relay.deletes.finish(store).await?;
-                    // The read sees every row handed off so far.
-                    drop(outbox.take_handed());
-                    fetch(store, limit).await
-                };
-                match read.await {
-                    Ok(rows) => {
-                        relay.scanned = rows.iter().map(|r| r.seq).collect();
-                        relay.scan = rows.len() == limit as usize;
-                        relay.next_scan = Instant::now() + IDLE_POLL;
-                        full = relay.scan;
-                        rows
-                    }
-                    Err(e) => {
-                        tracing::warn!(service, error = %crate::text::Chain(&e), "outbox relay paused");
-                        relay.pause();
-                        Vec::new()
-                    }
-                }
-            } else {
-                let (rows, overflowed) = outbox.take_handed();
-                relay.scan |= overflowed;
-                full = overflowed;
-                rows.into_iter()
-                    .filter(|r| !relay.scanned.contains(&r.seq))
-                    .collect()
+        } else if relay.scan || relay.probing > 0 || Instant::now() >= relay.next_scan {
+            // A read must not return rows in flight: every batch sent is settled first.
+            relay.settle_all(&service).await;
+            // After a refusal, rows go one at a time until the refused one is found.
+            let limit = if relay.probing > 0 { 1 } else { BATCH };
+            let read = async {
+                relay.deletes.finish(store).await?;
+                // The read sees every row handed off so far.
+                drop(outbox.take_handed());
+                fetch(store, limit).await
             };
-            match publish(&broker, store, &session, rows).await {
-                Ok(batch) => {
-                    probing = match (probing, batch.refused, batch.set_aside) {
-                        (_, _, true) => 0,
-                        (0, true, _) => BATCH,
-                        // Never below zero: a batch that was not probing must not keep the
-                        // next refusal from starting a probe.
-                        (n, _, _) => (n - batch.fetched as i64).max(0),
-                    };
-                    relay.scan |= batch.left || batch.refused;
-                    full |= probing > 0;
-                    relay.deletes.add(batch.done);
+            match read.await {
+                Ok(rows) => {
+                    relay.scanned = rows.iter().map(|r| r.seq).collect();
+                    relay.scan = rows.len() == limit as usize;
+                    relay.next_scan = Instant::now() + IDLE_POLL;
+                    full = relay.scan;
+                    let n = rows.len();
+                    relay.unconfirmed += n;
+                    let result = publish(&broker, store, &session, rows).await;
+                    relay.settled((n, result), &service);
+                    full |= relay.probing > 0;
                 }
                 Err(e) => {
-                    if let RelayError::Broker(_, done) = &e {
-                        relay.deletes.add(done.clone());
-                    }
-                    relay.pause();
-                    full = false;
                     tracing::warn!(service, error = %crate::text::Chain(&e), "outbox relay paused");
+                    relay.pause();
                 }
+            }
+        } else {
+            let (rows, overflowed) = outbox.take_handed();
+            relay.scan |= overflowed;
+            full = overflowed;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| !relay.scanned.contains(&r.seq))
+                .collect();
+            if !rows.is_empty() {
+                while relay.unconfirmed >= MAX_UNCONFIRMED {
+                    let Some(done) = relay.inflight.next().await else {
+                        break;
+                    };
+                    relay.settled(done, &service);
+                }
+                let n = rows.len();
+                let sent = send(&broker, &session, rows).await;
+                let (b, s) = (broker.clone(), store.clone());
+                relay.unconfirmed += n;
+                relay
+                    .inflight
+                    .push_back(async move { (n, settle(b, s, sent).await) }.boxed());
             }
         }
         if full {
             continue; // more rows are waiting
         }
         // A commit since the rows were taken left a wake-up permit: nothing is missed.
+        let deadline = relay.deadline();
         tokio::select! {
             _ = outbox.woken() => {}
             _ = notified(&mut listener) => relay.scan = true,
-            _ = tokio::time::sleep_until(relay.deadline()) => {}
+            Some(done) = relay.inflight.next(), if !relay.inflight.is_empty() => {
+                relay.settled(done, &service);
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
             _ = shutdown.cancelled() => {}
         }
     }
-    // Shutdown: flush what the broker takes within the grace period.
+    // Shutdown: settle what is in flight, then flush what the broker takes, within the
+    // grace period.
     let flush = async {
+        relay.settle_all(&service).await;
         if relay.deletes.finish(store).await.is_err() || !lead.hold(store, &service).await {
             return;
         }
