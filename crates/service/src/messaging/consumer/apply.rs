@@ -87,8 +87,7 @@ impl Consumer {
                 join_all(acks)
                     .await
                     .into_iter()
-                    .map(|r| r.map(drop))
-                    .collect()
+                    .try_for_each(|r| r.map(drop))
             }
             Err(_) => {
                 for incoming in ready {
