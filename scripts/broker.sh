@@ -21,8 +21,26 @@ set -euo pipefail
 
 die() { echo "broker.sh: $*" >&2; exit 1; }
 
+# A free port below the kernel's ephemeral range (32768-60999): a port the kernel handed out
+# could be taken again, before the node binds it, by any client socket or by a rabbitmqctl
+# CLI node's own distribution port (seen: dist_port_already_used).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 -c '
+import random, socket
+for _ in range(500):
+    p = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break
+else:
+    raise SystemExit("no free port in 20000-32000")
+'
 }
 
 install() {
