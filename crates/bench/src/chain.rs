@@ -82,6 +82,11 @@ pub(crate) async fn store_for(
     Ok(format!("{base}/{name}"))
 }
 
+/// Where replica `i` of `role` writes its log, when the rig keeps logs.
+pub(crate) fn log_path(dir: &std::path::Path, role: Role, i: usize) -> std::path::PathBuf {
+    dir.join(format!("{}-{i}.log", role.name))
+}
+
 /// The chain's roles running, a tap on `permission.granted`, and the HTTP client that
 /// starts flows: what the timed runs and the cost count share.
 pub(crate) struct Rig {
@@ -120,29 +125,13 @@ impl Rig {
         }
         let (mut permissions, mut meetings) = (Vec::new(), Vec::new());
         for i in 0..setup.replicas {
-            let log = |role: Role| logs.then(|| dir.join(format!("{}-{i}.log", role.name)));
-            permissions.push(
-                spawn_role_logged(
-                    base,
-                    &PERMISSION,
-                    tag,
-                    &permission_db,
-                    &extra,
-                    log(&PERMISSION).as_deref(),
-                )
-                .await?,
-            );
-            meetings.push(
-                spawn_role_logged(
-                    base,
-                    &MEETING,
-                    tag,
-                    &meeting_db,
-                    &extra,
-                    log(&MEETING).as_deref(),
-                )
-                .await?,
-            );
+            for (role, db, started) in [
+                (&PERMISSION, &permission_db, &mut permissions),
+                (&MEETING, &meeting_db, &mut meetings),
+            ] {
+                let log = logs.then(|| log_path(&dir, role, i));
+                started.push(spawn_role_logged(base, role, tag, db, &extra, log.as_deref()).await?);
+            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
 

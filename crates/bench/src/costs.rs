@@ -53,7 +53,11 @@ pub(crate) async fn costs(
     ];
     let logs: Vec<Vec<std::path::PathBuf>> = sets
         .iter()
-        .map(|(_, ps)| (0..ps.len()).map(|i| log_path(&rig, ps, i)).collect())
+        .map(|(_, ps)| {
+            (ps.iter().enumerate())
+                .map(|(i, p)| log_path(rig.dir(), p.role, i))
+                .collect()
+        })
         .collect();
     let offsets: Vec<Vec<u64>> = logs
         .iter()
@@ -136,10 +140,6 @@ pub(crate) async fn costs(
     }
     rig.stop().await;
     Ok(Costs { roles, wal })
-}
-
-fn log_path(rig: &Rig, ps: &[RoleProcess], i: usize) -> std::path::PathBuf {
-    rig.dir().join(format!("{}-{i}.log", ps[i].role.name))
 }
 
 fn file_len(path: &std::path::Path) -> u64 {
