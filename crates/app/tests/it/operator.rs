@@ -11,7 +11,8 @@ use meeting_events::messaging::topology::dead_letter_queue;
 use crate::helpers::*;
 
 pub(crate) fn app(ctx: &Ctx, args: &[&str]) -> std::process::Output {
-    app_cmd(ctx).args(args).output().expect("app runs")
+    // The broker answers each request within 15 s or the command fails: 60 s is a hang.
+    output_within(app_cmd(ctx).args(args), Duration::from_secs(60))
 }
 
 fn app_cmd(ctx: &Ctx) -> Command {

@@ -142,6 +142,15 @@ async fn an_event_the_broker_refuses_for_good_is_set_aside_and_the_rest_flow() {
         (count().await == 1).then_some(())
     })
     .await;
-    assert_eq!(count().await, 1, "only the refused event stays");
+    let left: Vec<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT event_type, attempts, last_error FROM outbox ORDER BY seq")
+            .fetch_all(&store)
+            .await
+            .unwrap();
+    // Only the refused event: never a neighbour whose publish failed with the refusal.
+    assert!(
+        left.len() == 1 && left[0].0 == "agenda.election.create",
+        "only the refused event stays: {left:?}"
+    );
     stack.stop().await;
 }

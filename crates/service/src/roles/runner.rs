@@ -14,6 +14,9 @@ use crate::messaging::outbox::{self, Outbox};
 use crate::messaging::Broker;
 use crate::store::Store;
 
+/// How long the store's connections may take to come back at shutdown.
+const STORE_CLOSE: Duration = Duration::from_secs(5);
+
 /// Run the role of `settings` until `shutdown` is cancelled, serving HTTP on `listener`.
 pub(crate) async fn run(
     settings: Settings,
@@ -52,7 +55,7 @@ pub(crate) async fn run(
         }
         .run(intake.clone()),
     );
-    let relay = tokio::spawn(outbox::run_relay(
+    let mut relay = tokio::spawn(outbox::run_relay(
         broker.clone(),
         outbox.clone(),
         drain.clone(),
@@ -104,9 +107,22 @@ pub(crate) async fn run(
         server.abort();
     }
     drain.cancel();
-    let _ = tokio::time::timeout(bound + Duration::from_secs(1), relay).await;
+    if tokio::time::timeout(bound + Duration::from_secs(1), &mut relay)
+        .await
+        .is_err()
+    {
+        tracing::warn!(%service, "the outbox relay did not stop within {bound:?}; stopping it");
+        relay.abort();
+    }
     broker.close().await;
-    store.close().await;
+    // A connection still held (a statement stuck behind a lock) must not keep the process
+    // from exiting: the pool's close waits for every connection to come back.
+    if tokio::time::timeout(STORE_CLOSE, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(%service, "store connections still in use after {STORE_CLOSE:?}; stopping anyway");
+    }
     tracing::info!(%service, "stopped");
     match failure {
         Some(why) => Err(anyhow::anyhow!(why)),

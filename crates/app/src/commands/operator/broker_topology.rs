@@ -35,10 +35,13 @@ pub(super) async fn verify(all: &[Settings]) -> anyhow::Result<bool> {
         Err(missing) => Err(missing),
         Ok(()) => {
             // Same name, same arguments: a no-op. Different ones: the broker says which.
-            let ch = conn.create_channel().await?;
-            topology::declare_exchange(&ch, mq0)
-                .await
-                .map_err(|e| format!("differs: {e}"))
+            let ch = answered("channel.open", conn.create_channel()).await??;
+            answered(
+                format_args!("exchange.declare {}", mq0.exchange),
+                topology::declare_exchange(&ch, mq0),
+            )
+            .await?
+            .map_err(|e| format!("differs: {e}"))
         }
     };
     ok &= report(
@@ -71,7 +74,7 @@ pub(super) async fn verify(all: &[Settings]) -> anyhow::Result<bool> {
         }
         println!("note  bindings of {} ({}) are re-asserted by the service on every connect; AMQP 0-9-1 cannot list them", mq.queue, mq.bindings.join(","));
     }
-    let _ = conn.close(200, "verified".into()).await;
+    close(&conn, "verified").await;
     Ok(ok)
 }
 
@@ -80,28 +83,32 @@ pub(super) async fn check_queue(
     name: &str,
     args: FieldTable,
 ) -> anyhow::Result<Result<(), String>> {
-    let ch = conn.create_channel().await?;
+    let ch = answered("channel.open", conn.create_channel()).await??;
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
     };
-    if let Err(e) = ch
-        .queue_declare(name.into(), passive, FieldTable::default())
-        .await
+    let what = format!("queue.declare {name}");
+    if let Err(e) = answered(
+        &what,
+        ch.queue_declare(name.into(), passive, FieldTable::default()),
+    )
+    .await?
     {
         return Ok(Err(format!("missing: {e}")));
     }
     // Same name, same arguments: a no-op. Different arguments: the broker says which.
-    let ch = conn.create_channel().await?;
+    let ch = answered("channel.open", conn.create_channel()).await??;
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    Ok(ch
-        .queue_declare(name.into(), durable, args)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("differs: {e}")))
+    Ok(
+        answered(&what, ch.queue_declare(name.into(), durable, args))
+            .await?
+            .map(|_| ())
+            .map_err(|e| format!("differs: {e}")),
+    )
 }
 
 /// Whether an exchange of that name exists (a passive declare; `Err` says why not).
@@ -110,15 +117,17 @@ pub(super) async fn exchange_exists(
     name: &str,
     kind: ExchangeType,
 ) -> anyhow::Result<Result<(), String>> {
-    let ch = conn.create_channel().await?;
+    let ch = answered("channel.open", conn.create_channel()).await??;
     let passive = lapin::options::ExchangeDeclareOptions {
         passive: true,
         ..Default::default()
     };
-    Ok(ch
-        .exchange_declare(name.into(), kind.kind(), passive, FieldTable::default())
-        .await
-        .map_err(|e| format!("missing: {e}")))
+    Ok(answered(
+        format_args!("exchange.declare {name}"),
+        ch.exchange_declare(name.into(), kind.kind(), passive, FieldTable::default()),
+    )
+    .await?
+    .map_err(|e| format!("missing: {e}")))
 }
 
 pub(super) fn report(what: &str, check: Result<(), String>) -> bool {
@@ -150,19 +159,24 @@ pub(crate) async fn ingress() -> Result<(), Failure> {
         )));
     }
     let conn = connect(mq).await?;
-    let ch = conn.create_channel().await.context("channel")?;
-    topology::declare_exchange(&ch, mq)
-        .await
+    let ch = answered("channel.open", conn.create_channel())
+        .await?
+        .context("channel")?;
+    answered("exchange.declare", topology::declare_exchange(&ch, mq))
+        .await?
         .with_context(|| format!("declaring {}", mq.exchange))?;
     for user in &mq.ingress {
-        let ingress = topology::declare_ingress(&ch, mq, user)
-            .await
-            .with_context(|| format!("declaring the ingress of {user}"))?;
+        let ingress = answered(
+            format_args!("the ingress of {user}"),
+            topology::declare_ingress(&ch, mq, user),
+        )
+        .await?
+        .with_context(|| format!("declaring the ingress of {user}"))?;
         let keys: Vec<&str> = topology::ingress_keys(mq, user).collect();
         println!("ok    {ingress} -> {}: {}", mq.exchange, keys.join(", "));
         println!("ok    {} -> {ingress}: #", mq.exchange);
     }
-    let _ = conn.close(200, "declared".into()).await;
+    close(&conn, "declared").await;
     Ok(())
 }
 

@@ -26,16 +26,20 @@ pub(super) async fn take_all(ch: &Channel, dlq: &str) -> anyhow::Result<Vec<Basi
         passive: true,
         ..Default::default()
     };
-    let count = ch
-        .queue_declare(dlq.into(), passive, FieldTable::default())
-        .await
-        .with_context(|| format!("no dead-letter queue {dlq}"))?
-        .message_count();
+    let count = answered(
+        format_args!("queue.declare {dlq}"),
+        ch.queue_declare(dlq.into(), passive, FieldTable::default()),
+    )
+    .await?
+    .with_context(|| format!("no dead-letter queue {dlq}"))?
+    .message_count();
     let mut out = Vec::new();
     for _ in 0..count {
-        match ch
-            .basic_get(dlq.into(), BasicGetOptions { no_ack: false })
-            .await?
+        match answered(
+            format_args!("basic.get {dlq}"),
+            ch.basic_get(dlq.into(), BasicGetOptions { no_ack: false }),
+        )
+        .await??
         {
             Some(m) => out.push(m),
             None => break,
@@ -48,7 +52,7 @@ pub(super) async fn take_all(ch: &Channel, dlq: &str) -> anyhow::Result<Vec<Basi
 pub(crate) async fn dlq_list(service: &str) -> anyhow::Result<()> {
     let settings = shared_settings()?;
     let conn = connect(&settings.mq).await?;
-    let ch = conn.create_channel().await?;
+    let ch = answered("channel.open", conn.create_channel()).await??;
     let dlq = topology::dead_letter_queue(service);
     let messages = take_all(&ch, &dlq).await?;
     println!("{} message(s) parked in {dlq}", messages.len());
@@ -75,7 +79,7 @@ pub(crate) async fn dlq_list(service: &str) -> anyhow::Result<()> {
         );
     }
     // Closing the connection puts every message back, in order.
-    let _ = conn.close(200, "done".into()).await;
+    close(&conn, "done").await;
     Ok(())
 }
 
@@ -87,8 +91,12 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
     }
     let settings = shared_settings()?;
     let conn = connect(&settings.mq).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let ch = answered("channel.open", conn.create_channel()).await??;
+    answered(
+        "confirm.select",
+        ch.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await??;
     let dlq = topology::dead_letter_queue(service);
     let messages = take_all(&ch, &dlq).await?;
     let mut replayed = 0;
@@ -117,12 +125,16 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
         let props = headers::moved_by(&props, user, first.as_deref());
         // A replay starts a new trace, linked to the one the message was parked in.
         let (span, props) = meeting_events::messaging::trace_carrier::replay(&props, service);
-        let confirm = publisher::send(&ch, "", service, &m.delivery.data, props).await?;
+        let confirm = answered(
+            "basic.publish",
+            publisher::send(&ch, "", service, &m.delivery.data, props),
+        )
+        .await??;
         let confirmed = publisher::confirmed(confirm).await?;
         drop(span);
         match confirmed {
             Published::Routed => {
-                m.delivery.ack(BasicAckOptions::default()).await?;
+                answered("basic.ack", m.delivery.ack(BasicAckOptions::default())).await??;
                 replayed += 1;
                 println!("replayed {} to {service}", message_id(m));
             }
@@ -132,7 +144,7 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
             ),
         }
     }
-    let _ = conn.close(200, "done".into()).await;
+    close(&conn, "done").await;
     if replayed == 0 {
         bail!("no parked message in {dlq} matched");
     }

@@ -12,17 +12,22 @@ pub(crate) async fn publish(
     let settings = shared_settings()?;
     let mq = &settings.mq;
     let conn = connect(mq).await?;
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let channel = answered("channel.open", conn.create_channel()).await??;
+    answered(
+        "confirm.select",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await??;
     let (id, outcome) = if raw {
         let id = uuid::Uuid::new_v4().to_string();
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(id.as_str().into());
-        let confirm =
-            publisher::send(&channel, &mq.exchange, routing_key, data.as_bytes(), props).await?;
+        let confirm = answered(
+            "basic.publish",
+            publisher::send(&channel, &mq.exchange, routing_key, data.as_bytes(), props),
+        )
+        .await??;
         (id, publisher::confirmed(confirm).await?)
     } else {
         let data: Value = serde_json::from_str(data)
@@ -47,10 +52,14 @@ pub(crate) async fn publish(
         };
         (
             id,
-            publisher::publish_envelope(&channel, &mq.exchange, &envelope).await?,
+            answered(
+                "basic.publish",
+                publisher::publish_envelope(&channel, &mq.exchange, &envelope),
+            )
+            .await??,
         )
     };
-    let _ = conn.close(200, "done".into()).await;
+    close(&conn, "done").await;
     match outcome {
         Published::Routed => {
             println!(
@@ -98,15 +107,15 @@ pub(crate) async fn tail(bindings: &[String]) -> anyhow::Result<()> {
     let settings = shared_settings()?;
     let mq = &settings.mq;
     let conn = connect(mq).await?;
-    let ch = conn.create_channel().await?;
-    topology::declare_exchange(&ch, mq).await?;
+    let ch = answered("channel.open", conn.create_channel()).await??;
+    answered("exchange.declare", topology::declare_exchange(&ch, mq)).await??;
     let bindings: Vec<String> = if bindings.is_empty() {
         vec!["#".into()]
     } else {
         bindings.to_vec()
     };
     let keys: Vec<&str> = bindings.iter().map(String::as_str).collect();
-    let mut consumer = topology::tap(&ch, &mq.exchange, &keys).await?;
+    let mut consumer = answered("the tap queue", topology::tap(&ch, &mq.exchange, &keys)).await??;
     eprintln!(
         "tailing exchange {} for {} (Ctrl-C to stop)",
         mq.exchange,
@@ -132,6 +141,6 @@ pub(crate) async fn tail(bindings: &[String]) -> anyhow::Result<()> {
             None => bail!("the broker ended the tail"),
         }
     }
-    let _ = conn.close(200, "done".into()).await;
+    close(&conn, "done").await;
     Ok(())
 }

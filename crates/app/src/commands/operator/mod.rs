@@ -46,6 +46,26 @@ pub(super) async fn connect(mq: &MqSettings) -> anyhow::Result<Connection> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("AMQP_URL names no broker")))
 }
 
+/// How long the broker may take to answer one request of an operator command. A broker that
+/// never answers (a wedged node, a partition) fails the command with the request's name
+/// instead of hanging the terminal or the Kubernetes Job that runs it.
+pub(super) const ANSWER_WITHIN: Duration = Duration::from_secs(15);
+
+/// The broker's answer to `what`, or an error naming it after [`ANSWER_WITHIN`].
+pub(super) async fn answered<T, E>(
+    what: impl std::fmt::Display,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<Result<T, E>> {
+    tokio::time::timeout(ANSWER_WITHIN, request)
+        .await
+        .map_err(|_| anyhow::anyhow!("the broker did not answer {what} within {ANSWER_WITHIN:?}"))
+}
+
+/// Close the operator's connection, waiting at most [`ANSWER_WITHIN`] for the broker.
+pub(super) async fn close(conn: &Connection, reason: &str) {
+    let _ = answered("connection.close", conn.close(200, reason.into())).await;
+}
+
 pub(super) fn shared_settings() -> anyhow::Result<Settings> {
     Ok(Settings::shared_from_process_env()?)
 }

@@ -58,9 +58,13 @@ impl Running {
         wait_ready_at(&self.base, timeout).await
     }
 
+    /// Stop the role; every stage of its shutdown is bounded, so 60 s is a hang.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.task.await.expect("role task")
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not stop within 60 s", self.role))
+            .expect("role task")
     }
 }
 

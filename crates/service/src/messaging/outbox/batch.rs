@@ -82,11 +82,12 @@ pub(super) async fn fetch(store: &Store, limit: i64) -> sqlx::Result<Vec<OutboxR
     .collect()
 }
 
-/// Publish `rows`, frames back to back and confirms awaited together. A row the broker
-/// refuses for good closes the channel, and with it every publish in flight, so it cannot
-/// be told from its neighbours in a batch: the caller then sends rows one at a time, and
-/// the one refused alone is set aside — kept in the outbox with its reason, never retried,
-/// counted — so the rows behind it flow. Unroutable rows are marked for a later try here;
+/// Publish `rows`, frames back to back and confirms awaited together, with nothing else in
+/// flight on the channel. A row the broker refuses for good closes the channel, and with it
+/// every publish in flight — this batch's and any other's — so it cannot be told from its
+/// neighbours: the caller then sends rows one at a time, and only a row refused while it
+/// was alone on the channel is set aside — kept in the outbox with its reason, never
+/// retried, counted — so the rows behind it flow. Unroutable rows are marked for a later try here;
 /// the confirmed ones are returned in [`Batch::done`], for the caller to delete.
 pub(super) async fn publish(
     broker: &Broker,
@@ -94,7 +95,8 @@ pub(super) async fn publish(
     session: &Session,
     rows: Vec<OutboxRow>,
 ) -> Result<Batch, RelayError> {
-    let sent = send(broker, session, rows).await;
+    let mut sent = send(broker, session, rows).await;
+    sent.alone = true;
     settle(broker.clone(), store.clone(), sent).await
 }
 
@@ -105,6 +107,9 @@ pub(super) struct Sent {
     pending: Vec<(usize, BoxFuture<'static, lapin::Result<Published>>)>,
     send_error: Option<lapin::Error>,
     session: Session,
+    /// Nothing else was in flight on the channel: a refusal is this batch's own. A batch
+    /// pipelined behind or ahead of others may fail with a neighbour's refusal.
+    alone: bool,
 }
 
 /// Write a batch's frames, in order, without waiting for the confirms.
@@ -141,6 +146,7 @@ pub(super) async fn send(broker: &Broker, session: &Session, rows: Vec<OutboxRow
         pending,
         send_error,
         session: session.clone(),
+        alone: false,
     }
 }
 
@@ -152,6 +158,7 @@ pub(super) async fn settle(broker: Broker, store: Store, sent: Sent) -> Result<B
         pending,
         send_error,
         session,
+        alone,
     } = sent;
     if rows.is_empty() {
         return Ok(Batch::default());
@@ -168,7 +175,8 @@ pub(super) async fn settle(broker: Broker, store: Store, sent: Sent) -> Result<B
     let mut broken = send_error.is_some();
     let mut refused = send_error.as_ref().and_then(refusal).is_some();
     let mut aside = None;
-    let single = rows.len() == 1;
+    // Only a row alone on the channel is known to be the one refused.
+    let single = alone && rows.len() == 1;
     for (row, result) in rows_sent.into_iter().zip(results) {
         match result {
             Ok(Published::Routed) => {
