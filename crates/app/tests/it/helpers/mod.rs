@@ -1,13 +1,14 @@
 //! Test helpers, by concern: [`roles`] runs roles in this process and as `app` processes,
-//! [`broker`] talks to RabbitMQ (publish, spy, count, private nodes), [`client`] is the HTTP
-//! client acting as a user, [`wait`] polls and asserts. `Ctx` isolates one test: its own
-//! exchange, queues, stores and port.
+//! [`broker`] talks to RabbitMQ (publish, spy, count, private nodes), [`cluster`] brings a
+//! three-node cluster, [`client`] is the HTTP client acting as a user, [`wait`] polls and
+//! asserts. `Ctx` isolates one test: its own exchange, queues, stores and port.
 
 #![allow(dead_code)]
 
 mod broker;
 mod browser;
 mod client;
+mod cluster;
 pub mod otlp;
 mod roles;
 mod sse;
@@ -19,6 +20,7 @@ use std::path::Path;
 pub use broker::*;
 pub use browser::*;
 pub use client::*;
+pub use cluster::*;
 pub use meeting_events::roles::{Role, ELECTION, LIVE, MEETING, PERMISSION, VOTING};
 use meeting_events::Settings;
 pub use roles::*;
