@@ -61,9 +61,9 @@ pub struct BenchArgs {
     /// Unconfirmed publishes in flight (the confirm window), for raw lapin and ours alike.
     #[arg(long, default_value_t = 256)]
     pub window: usize,
-    /// Flows in the full-concurrency chain run (and in each raw chain run beside it). At
-    /// 3,000 the raw chain ran for half a second and the ratio moved by a sixth from one run
-    /// to the next; at 10,000 (about 1.5 s raw, 4–5 s ours) it held within 0.01.
+    /// Flows in the full-concurrency chain run (and in each raw chain run beside it): at
+    /// 10,000 the raw chain runs for about 1.5 s and ours for 4–5 s, where 3,000 lasted half
+    /// a second raw. The machine's own load still moves a ratio between runs.
     #[arg(long, default_value_t = 10_000)]
     pub flows: usize,
     /// Concurrent HTTP clients in the full-concurrency chain run.
