@@ -70,8 +70,12 @@ pub(crate) async fn store_for(
     let Some(pg) = &setup.postgres else {
         return Ok(format!("sqlite://{}/{}.db", dir.display(), role.name));
     };
+    new_database(pg, &format!("{}_{}", tag.replace('-', "_"), role.name)).await
+}
+
+/// Create database `name` on the PostgreSQL instance of `pg`; its URL.
+pub(crate) async fn new_database(pg: &str, name: &str) -> anyhow::Result<String> {
     sqlx::any::install_default_drivers();
-    let name = format!("{}_{}", tag.replace('-', "_"), role.name);
     let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(pg).await?;
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)

@@ -34,12 +34,14 @@ use meeting_events::roles::{Role, LIVE, MEETING, PERMISSION};
 /// APP_BIN).
 mod chain;
 mod costs;
+mod keys;
 mod live;
 mod live_h2;
 mod procs;
 mod publish;
 mod raw_chain;
 mod relay;
+mod table;
 
 use chain::*;
 use costs::*;
@@ -48,11 +50,12 @@ use procs::*;
 use publish::*;
 use raw_chain::*;
 use relay::*;
+use table::*;
 
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 pub struct BenchArgs {
-    /// publish, relay, chain, per-publish, live, or all.
+    /// publish, relay, chain, per-publish, live, keys, or all.
     #[arg(default_value = "all")]
     pub which: String,
     /// Messages per publish run.
@@ -92,16 +95,15 @@ pub struct BenchArgs {
     /// HTTP/1.1 connection per stream.
     #[arg(long)]
     pub h2c: bool,
+    /// Rows the inbox holds before the keys run writes into it.
+    #[arg(long, default_value_t = 200_000)]
+    pub keys_prefill: usize,
+    /// Rows each keys run writes and measures.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys_rows: usize,
 }
 
 const SECRET: &str = "benchmark-secret-not-for-production";
-
-struct Row {
-    name: String,
-    result: String,
-    ratio: Option<f64>,
-    target: String,
-}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -133,11 +135,26 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     mq.queue = format!("{tag}-sink");
     let all = args.which == "all";
     let want = |name: &str| all || args.which == name;
-    if !["all", "publish", "relay", "chain", "per-publish", "live"].contains(&args.which.as_str()) {
+    if ![
+        "all",
+        "publish",
+        "relay",
+        "chain",
+        "per-publish",
+        "live",
+        "keys",
+    ]
+    .contains(&args.which.as_str())
+    {
         bail!(
-            "unknown benchmark {:?}: publish, relay, chain, per-publish, live or all",
+            "unknown benchmark {:?}: publish, relay, chain, per-publish, live, keys or all",
             args.which
         );
+    }
+    if args.which == "keys" {
+        // The store alone: no broker.
+        print_table(&keys::keys(&args).await?);
+        return Ok(());
     }
     let sample = Envelope::new(&sample_event(0), "meeting-service");
     let mut rows = Vec::new();
@@ -429,6 +446,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("live: {} streams measured", r.streams);
         }
     }
+    if all {
+        rows.extend(keys::keys(&args).await?);
+    }
     for (role, idle, after) in memory {
         rows.push(Row {
             name: format!("RSS {role}: idle / after the run"),
@@ -453,34 +473,4 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("\nCPU during the full-concurrency chain runs:\n  {note}");
     }
     Ok(())
-}
-
-fn print_table(rows: &[Row]) {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    println!("\nmachine: {cores} cores; broker and services on the same machine; ratio = result / raw lapin msg/s (chain rows: flows/s / the raw 2-hop chain's; traced rows: traced / untraced; live rows: p99 / p99 with the first stream count)\n");
-    let w = rows
-        .iter()
-        .map(|r| r.name.chars().count())
-        .max()
-        .unwrap_or(10);
-    println!(
-        "| {:w$} | {:>22} | {:>6} | {:>15} |",
-        "benchmark", "result", "ratio", "target"
-    );
-    println!(
-        "|{}|{}|{}|{}|",
-        "-".repeat(w + 2),
-        "-".repeat(24),
-        "-".repeat(8),
-        "-".repeat(17)
-    );
-    for r in rows {
-        let ratio = r.ratio.map(|x| format!("{x:.3}")).unwrap_or_default();
-        println!(
-            "| {:w$} | {:>22} | {:>6} | {:>15} |",
-            r.name, r.result, ratio, r.target
-        );
-    }
 }

@@ -48,6 +48,10 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
         "1,40",
         "--live-requests",
         "3",
+        "--keys-prefill",
+        "2000",
+        "--keys-rows",
+        "100",
     ]);
     for row in [
         "cores",
@@ -64,6 +68,8 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
         "live (HTTP/1.1): 1 open stream(s), RSS per open stream",
         "live (HTTP/1.1): 40 open stream(s), runtime tasks per open stream",
         "live (HTTP/1.1): 40 stream(s), 201 → last stream",
+        "keys (SQLite): inbox of 2000 rows, 100 more in commits of 1, random ids (v4)",
+        "keys (SQLite): inbox of 2000 rows, 100 more in commits of 20, time-ordered ids (v7)",
     ] {
         assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
     }
@@ -71,6 +77,7 @@ fn bench_runs_every_benchmark_and_prints_its_table() {
         for row in [
             "chain (PostgreSQL, 1 per role)",
             "chain (PostgreSQL, 2 per role)",
+            "keys (PostgreSQL): inbox of 2000 rows, 100 more in commits of 20, time-ordered ids (v7)",
         ] {
             assert!(table.contains(row), "the table lacks {row:?}:\n{table}");
         }

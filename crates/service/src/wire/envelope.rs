@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::versions::Pins;
 pub use super::DecodeError;
@@ -47,7 +46,7 @@ impl Envelope {
     }
 
     fn with_data(event: &Event, producer: &str, version: u32, data: Value) -> Self {
-        let event_id = Uuid::new_v4().to_string();
+        let event_id = crate::domain::new_id();
         Self {
             event_type: event.event_type().routing_key().to_string(),
             event_version: version,

@@ -19,7 +19,7 @@ pub(crate) async fn publish(
     )
     .await??;
     let (id, outcome) = if raw {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = meeting_events::domain::new_id();
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(id.as_str().into());
@@ -37,7 +37,7 @@ pub(crate) async fn publish(
         }
         let producer = std::env::var(meeting_events::config::name_of("mq.service_name"))
             .unwrap_or_else(|_| "operator".into());
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = meeting_events::domain::new_id();
         let envelope = Envelope {
             event_type: routing_key.to_string(),
             event_version: event_version.unwrap_or_else(|| {

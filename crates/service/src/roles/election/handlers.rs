@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use uuid::Uuid;
-
 use super::store::{self, ElectionResult};
 use crate::domain::{decide, votes_counted, ElectionStatus, Outcome};
 use crate::envelope::Envelope;
@@ -16,7 +14,7 @@ use crate::roles::grants;
 pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> HandlerResult {
     match event {
         Event::ElectionCreate(c) => {
-            let id = Uuid::new_v4().to_string();
+            let id = crate::domain::new_id();
             if c.seats == 0 {
                 return Err(HandleError::Reject(format!(
                     "agenda item {} asks for an election of 0 seats",

@@ -6,7 +6,6 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use super::store::{self, AgendaItem, Meeting};
 use crate::domain::{ItemKind, ItemStatus};
@@ -110,7 +109,7 @@ async fn create_meeting(
     ApiJson(body): ApiJson<NewMeeting>,
 ) -> Result<(StatusCode, Json<MeetingView>), ApiError> {
     let meeting = Meeting {
-        id: Uuid::new_v4().to_string(),
+        id: crate::domain::new_id(),
         title: body.title.into_string(),
         created_by: user.0,
         created_at: now_rfc3339(),
@@ -192,7 +191,7 @@ async fn add_item(
         }
     };
     let mut tx = managed_work(&state, &id, &user).await?;
-    let item_id = Uuid::new_v4().to_string();
+    let item_id = crate::domain::new_id();
     if kind == ItemKind::Election {
         // Refused now, while the gate holds the election's event back, rather than when
         // the item is opened.

@@ -1,7 +1,5 @@
 //! Voting event handlers: `voting.create` opens a ballot; `permission.*` keeps the managers.
 
-use uuid::Uuid;
-
 use super::store::{self, Ballot};
 use crate::domain::BallotStatus;
 use crate::envelope::{now_rfc3339, Envelope};
@@ -22,7 +20,7 @@ pub(super) async fn handle(tx: &mut Work, _cause: &Envelope, event: Event) -> Ha
             let mut options = c.candidates;
             options.dedup();
             let ballot = Ballot {
-                id: Uuid::new_v4().to_string(),
+                id: crate::domain::new_id(),
                 election_id: c.election_id,
                 meeting_id: c.meeting_id,
                 agenda_item_id: c.agenda_item_id,
