@@ -75,7 +75,7 @@ pub(crate) async fn keys(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
             let cost = sqlite(&path, ids, args.keys_prefill, args.keys_rows, commit).await?;
             per.push((ids, cost));
         }
-        rows.extend(cost_rows("SQLite", "WAL frames", commit, args, &per));
+        rows.extend(table_rows("SQLite", "WAL frames", commit, args, &per));
     }
     if let Some(url) = &args.postgres {
         for commit in COMMITS {
@@ -84,14 +84,15 @@ pub(crate) async fn keys(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
                 let cost = postgres(url, ids, args.keys_prefill, args.keys_rows, commit).await?;
                 per.push((ids, cost));
             }
-            rows.extend(cost_rows("PostgreSQL", "WAL bytes", commit, args, &per));
+            rows.extend(table_rows("PostgreSQL", "WAL bytes", commit, args, &per));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
 }
 
-fn cost_rows(
+/// The table's rows for one store and commit size: each id order, as a ratio to random ids.
+fn table_rows(
     store: &str,
     disk: &str,
     commit: usize,
