@@ -105,7 +105,7 @@ impl RawPublish<'_> {
 /// from its fields, `publisher::send` (persistent, mandatory) and the confirm classified as
 /// routed, unroutable or refused. Same body, same window.
 pub(crate) async fn our_publisher(run: &PublishRun<'_>) -> anyhow::Result<f64> {
-    let ch = confirm_channel(run.conn).await?;
+    let ch = publisher::Publisher::open(run.conn.create_channel().await?).await?;
     let body = run.env.to_bytes();
     let started = Instant::now();
     let mut inflight = FuturesUnordered::new();
@@ -127,7 +127,7 @@ pub(crate) async fn our_publisher(run: &PublishRun<'_>) -> anyhow::Result<f64> {
         check(c?)?;
     }
     let rate = run.n as f64 / started.elapsed().as_secs_f64();
-    let _ = ch.close(200, "done".into()).await;
+    let _ = ch.channel().close(200, "done".into()).await;
     Ok(rate)
 }
 

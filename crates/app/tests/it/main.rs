@@ -8,6 +8,7 @@ mod adversary;
 mod api_errors;
 mod browser;
 mod browser_seats;
+mod confirms;
 mod contract;
 mod evolution;
 mod faults;

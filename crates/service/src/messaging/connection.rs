@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqSettings;
+use crate::messaging::publisher::Publisher;
 use crate::messaging::topology;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,7 +33,7 @@ pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) connection: Arc<Connection>,
     /// The channel every publish of this role goes through (confirms pipelined on it).
-    pub(crate) publisher: Channel,
+    pub(crate) publisher: Publisher,
 }
 
 struct Inner {
@@ -262,10 +262,7 @@ impl Broker {
         let setup = connection.create_channel().await?;
         topology::declare(&setup, mq).await?;
         let _ = setup.close(200, "topology declared".into()).await;
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let publisher = Publisher::open(connection.create_channel().await?).await?;
         Ok(Session {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             connection: Arc::new(connection),
@@ -316,7 +313,7 @@ impl Broker {
                     if session.connection.status().blocked() && !known {
                         self.set_blocked(Some("reason not received".into()));
                     }
-                    if !session.publisher.status().connected() {
+                    if !session.publisher.channel().status().connected() {
                         return "publishing channel closed".into();
                     }
                 }

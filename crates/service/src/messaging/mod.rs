@@ -2,6 +2,7 @@
 //! topology, publishing with confirms, the consumer loop with its retry/park decision, the
 //! outbox relay and the inbox.
 
+pub(crate) mod confirms;
 pub(crate) mod connection;
 pub(crate) mod consumer;
 pub(crate) mod decision;

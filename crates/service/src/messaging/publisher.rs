@@ -1,12 +1,39 @@
 //! Publishing: persistent, `mandatory`, confirmed. Frames go out in call order and the
-//! confirms are awaited separately, so many publishes share one round trip.
+//! confirms are awaited separately, so many publishes share one round trip; each confirm is
+//! matched to its message by id (`confirms.rs`).
 
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
-use lapin::{Confirmation, PublisherConfirm};
 
+use super::confirms::Confirms;
+pub use super::confirms::Pending;
 use crate::envelope::Envelope;
 use crate::messaging::headers;
+
+/// A channel in confirm mode, its confirms matched to their messages by `message_id`.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    confirms: Confirms,
+}
+
+impl Publisher {
+    /// Put `channel` in confirm mode and publish through it.
+    pub async fn open(channel: Channel) -> lapin::Result<Self> {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            channel,
+            confirms: Confirms::start(),
+        })
+    }
+
+    /// The channel, for what is not a publish (declarations).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
 
 /// What the broker said about one publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,15 +48,19 @@ pub enum Published {
     TimedOut,
 }
 
-/// Send one message; the returned future resolves with the broker's confirm.
+/// Send one message; [`confirmed`] waits for what the broker said of it. Its `message_id`
+/// is what tells its return, if the broker sends one, from another message's.
 pub async fn send(
-    channel: &Channel,
+    publisher: &Publisher,
     exchange: &str,
     routing_key: &str,
     body: &[u8],
     properties: BasicProperties,
-) -> lapin::Result<PublisherConfirm> {
-    channel
+) -> lapin::Result<Pending> {
+    let sending = publisher.confirms.begin();
+    let id = properties.message_id().as_ref().map(|id| id.to_string());
+    let confirm = publisher
+        .channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -41,7 +72,8 @@ pub async fn send(
             body,
             properties,
         )
-        .await
+        .await?;
+    Ok(sending.sent(id, confirm))
 }
 
 /// Send several messages to `exchange`, in order, each `(routing key, body, properties)`;
@@ -51,16 +83,16 @@ pub async fn send(
 /// would schedule every other task in between. Here every send is polled in order (so the
 /// frames leave in call order) and the writes are awaited together.
 pub async fn send_all<'a>(
-    channel: &Channel,
+    publisher: &Publisher,
     exchange: &str,
     messages: impl IntoIterator<Item = (&'a str, &'a [u8], BasicProperties)>,
-) -> Vec<lapin::Result<PublisherConfirm>> {
+) -> Vec<lapin::Result<Pending>> {
     use futures_util::future::maybe_done;
     use std::future::Future as _;
     use std::task::Poll;
     let mut sends: Vec<_> = messages
         .into_iter()
-        .map(|(key, body, props)| Box::pin(maybe_done(send(channel, exchange, key, body, props))))
+        .map(|(key, body, props)| Box::pin(maybe_done(send(publisher, exchange, key, body, props))))
         .collect();
     std::future::poll_fn(|cx| {
         let mut done = true;
@@ -91,23 +123,14 @@ pub async fn send_all<'a>(
 /// vanishes without closing the socket would otherwise leave the publisher waiting forever.
 pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Wait for a confirm and classify it.
-pub async fn confirmed(confirm: PublisherConfirm) -> lapin::Result<Published> {
-    let Ok(confirmation) = tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await else {
-        return Ok(Published::TimedOut);
-    };
-    Ok(match confirmation? {
-        Confirmation::Ack(Some(returned)) => Published::Unroutable(returned.reply_text.to_string()),
-        Confirmation::Ack(None) => Published::Routed,
-        Confirmation::Nack(_) => Published::Nacked,
-        // The channel is always in confirm mode; a missing confirm is a broken channel.
-        Confirmation::NotRequested => Published::Nacked,
-    })
+/// Wait for what the broker said of a publish.
+pub async fn confirmed(pending: Pending) -> lapin::Result<Published> {
+    pending.outcome().await
 }
 
 /// Publish an envelope to the exchange and wait for its confirm.
 pub async fn publish_envelope(
-    channel: &Channel,
+    publisher: &Publisher,
     exchange: &str,
     envelope: &Envelope,
 ) -> lapin::Result<Published> {
@@ -119,7 +142,7 @@ pub async fn publish_envelope(
         unix_seconds(),
     );
     let confirm = send(
-        channel,
+        publisher,
         exchange,
         &envelope.event_type,
         &envelope.to_bytes(),

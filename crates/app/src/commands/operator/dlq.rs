@@ -92,11 +92,7 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
     let settings = shared_settings()?;
     let conn = connect(&settings.mq).await?;
     let ch = answered("channel.open", conn.create_channel()).await??;
-    answered(
-        "confirm.select",
-        ch.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await??;
+    let publisher = answered("confirm.select", publisher::Publisher::open(ch.clone())).await??;
     let dlq = topology::dead_letter_queue(service);
     let messages = take_all(&ch, &dlq).await?;
     let mut replayed = 0;
@@ -127,7 +123,7 @@ pub(crate) async fn dlq_replay(service: &str, id: Option<&str>, all: bool) -> an
         let (span, props) = meeting_events::messaging::trace_carrier::replay(&props, service);
         let confirm = answered(
             "basic.publish",
-            publisher::send(&ch, "", service, &m.delivery.data, props),
+            publisher::send(&publisher, "", service, &m.delivery.data, props),
         )
         .await??;
         let confirmed = publisher::confirmed(confirm).await?;

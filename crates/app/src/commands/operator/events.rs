@@ -13,11 +13,7 @@ pub(crate) async fn publish(
     let mq = &settings.mq;
     let conn = connect(mq).await?;
     let channel = answered("channel.open", conn.create_channel()).await??;
-    answered(
-        "confirm.select",
-        channel.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await??;
+    let channel = answered("confirm.select", publisher::Publisher::open(channel)).await??;
     let (id, outcome) = if raw {
         let id = meeting_events::domain::new_id();
         let props = BasicProperties::default()

@@ -321,10 +321,7 @@ fn properties(broker: &Broker, row: &OutboxRow) -> lapin::BasicProperties {
 
 /// Wait for a publish's confirm; its `publish` span ends there, failed when the broker did not
 /// take the event.
-async fn confirmed(
-    confirm: lapin::PublisherConfirm,
-    span: tracing::Span,
-) -> lapin::Result<Published> {
+async fn confirmed(confirm: publisher::Pending, span: tracing::Span) -> lapin::Result<Published> {
     let result = publisher::confirmed(confirm).await;
     match &result {
         Ok(Published::Routed) => {}

@@ -47,6 +47,7 @@ pub(super) async fn hold(
     );
     session
         .publisher
+        .channel()
         .queue_declare(
             queue.as_str().into(),
             QueueDeclareOptions {
