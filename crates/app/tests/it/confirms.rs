@@ -4,6 +4,8 @@
 //! Matched by message id, every unroutable message is reported unroutable and every routed
 //! one routed — the difference between an event held for later and an event lost.
 
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
@@ -16,17 +18,30 @@ fn nowhere(round: usize, i: usize) -> bool {
     (i * 7 + round) % 3 == 0
 }
 
-/// Publish `rounds` batches of `n` on `publisher`, each batch sent before the last one's
-/// confirms are in; the messages whose outcome was wrong.
+/// Publish `rounds` batches of `n` on `publisher`, each batch sent while the confirms of up
+/// to `window` messages before it are still out (a sliding window, as the relay's), and the
+/// rest awaited at the end; the messages whose outcome was wrong.
 async fn misreported(
     publisher: &Publisher,
     exchange: &str,
     tag: &str,
-    rounds: usize,
-    n: usize,
+    (rounds, n, window): (usize, usize, usize),
 ) -> Vec<String> {
-    let mut inflight = Vec::new();
+    let mut inflight = FuturesOrdered::new();
+    let mut wrong = Vec::new();
+    let check = |(nowhere, id, outcome): (bool, String, lapin::Result<Published>),
+                 wrong: &mut Vec<String>| {
+        match outcome.expect("a confirm") {
+            Published::Routed if !nowhere => {}
+            Published::Unroutable(why) if nowhere => assert!(why.contains("NO_ROUTE"), "{why}"),
+            other => wrong.push(format!("{id}: {other:?}")),
+        }
+    };
     for round in 0..rounds {
+        while inflight.len() + n > window.max(n) {
+            let done = inflight.next().await.expect("one in flight");
+            check(done, &mut wrong);
+        }
         let msgs: Vec<(bool, String)> = (0..n)
             .map(|i| (nowhere(round, i), format!("{tag}-{round}-{i}")))
             .collect();
@@ -43,16 +58,12 @@ async fn misreported(
         )
         .await;
         for ((nowhere, id), sent) in msgs.into_iter().zip(sent) {
-            inflight.push((nowhere, id, sent.expect("sent")));
+            let pending = sent.expect("sent");
+            inflight.push_back(async move { (nowhere, id, publisher::confirmed(pending).await) });
         }
     }
-    let mut wrong = Vec::new();
-    for (nowhere, id, pending) in inflight {
-        match publisher::confirmed(pending).await.expect("a confirm") {
-            Published::Routed if !nowhere => {}
-            Published::Unroutable(why) if nowhere => assert!(why.contains("NO_ROUTE"), "{why}"),
-            other => wrong.push(format!("{id}: {other:?}")),
-        }
+    while let Some(done) = inflight.next().await {
+        check(done, &mut wrong);
     }
     wrong
 }
@@ -87,9 +98,11 @@ async fn every_return_is_matched_to_its_own_publish_however_the_acks_come() {
     let publisher = Publisher::open(channel).await.expect("confirm mode");
 
     // Two senders on one channel, as the relay and a consumer's retries share one.
+    // One sends batches of 200 with up to 600 in flight, the other batches of 50 with
+    // every earlier one settled first.
     let (a, b) = tokio::join!(
-        misreported(&publisher, &bus.exchange, "a", 10, 200),
-        misreported(&publisher, &bus.exchange, "b", 10, 50),
+        misreported(&publisher, &bus.exchange, "a", (10, 200, 600)),
+        misreported(&publisher, &bus.exchange, "b", (10, 50, 50)),
     );
     assert!(a.is_empty() && b.is_empty(), "misreported: {a:?} {b:?}");
 
