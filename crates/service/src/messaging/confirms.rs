@@ -224,11 +224,13 @@ impl Driver {
                 }
                 Poll::Ready(Err(e)) => Heard::Failed(e),
                 Poll::Ready(Ok(confirmation)) => {
-                    let (ack, returned) = match confirmation {
-                        Confirmation::Ack(r) => (true, r),
-                        Confirmation::Nack(r) => (false, r),
+                    // `witness`: lapin took the oldest return waiting when it resolved this
+                    // one, and there was none.
+                    let (ack, returned, witness) = match confirmation {
+                        Confirmation::Ack(r) => (true, r, true),
+                        Confirmation::Nack(r) => (false, r, true),
                         // Always in confirm mode: a missing confirm is a broken channel.
-                        Confirmation::NotRequested => (false, None),
+                        Confirmation::NotRequested => (false, None, false),
                     };
                     let brought_none = returned.is_none();
                     if let Some(message) = returned {
@@ -241,7 +243,7 @@ impl Driver {
                             .or_default()
                             .push_back(why);
                     }
-                    if brought_none {
+                    if brought_none && witness {
                         // A witness for the publishes found before it was.
                         let before = entry.last_pending.unwrap_or(0).max(entry.began);
                         if let Some(upto) = before.checked_sub(1) {
