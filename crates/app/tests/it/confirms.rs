@@ -6,8 +6,6 @@
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::StreamExt;
-use lapin::options::*;
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use meeting_events::messaging::publisher::{self, Published, Publisher};
 
@@ -73,27 +71,7 @@ async fn every_return_is_matched_to_its_own_publish_however_the_acks_come() {
     let ctx = Ctx::new();
     let bus = Bus::connect(&ctx).await;
     let queue = format!("{}.routed", ctx.exchange);
-    bus.channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("a queue");
-    bus.channel
-        .queue_bind(
-            queue.as_str().into(),
-            bus.exchange.as_str().into(),
-            "routed.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("a binding");
+    bus.durable_queue(&queue, "routed.#").await;
     let channel = bus.conn.create_channel().await.expect("a channel");
     let publisher = Publisher::open(channel).await.expect("confirm mode");
 
