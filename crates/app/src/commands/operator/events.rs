@@ -13,7 +13,7 @@ pub(crate) async fn publish(
     let mq = &settings.mq;
     let conn = connect(mq).await?;
     let channel = answered("channel.open", conn.create_channel()).await??;
-    let channel = answered("confirm.select", publisher::Publisher::open(channel)).await??;
+    let publisher = answered("confirm.select", publisher::Publisher::open(channel)).await??;
     let (id, outcome) = if raw {
         let id = meeting_events::domain::new_id();
         let props = BasicProperties::default()
@@ -21,7 +21,13 @@ pub(crate) async fn publish(
             .with_message_id(id.as_str().into());
         let confirm = answered(
             "basic.publish",
-            publisher::send(&channel, &mq.exchange, routing_key, data.as_bytes(), props),
+            publisher::send(
+                &publisher,
+                &mq.exchange,
+                routing_key,
+                data.as_bytes(),
+                props,
+            ),
         )
         .await??;
         (id, publisher::confirmed(confirm).await?)
@@ -50,7 +56,7 @@ pub(crate) async fn publish(
             id,
             answered(
                 "basic.publish",
-                publisher::publish_envelope(&channel, &mq.exchange, &envelope),
+                publisher::publish_envelope(&publisher, &mq.exchange, &envelope),
             )
             .await??,
         )
